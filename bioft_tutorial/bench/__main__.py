@@ -1,0 +1,3 @@
+from bioft_tutorial.bench import main
+
+raise SystemExit(main())
