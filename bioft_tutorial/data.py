@@ -162,9 +162,8 @@ def load_flip_secondary_structure(split: str | None = None, max_chains: int | No
     if split is not None:
         df = df[df["split"] == split]
     if max_chains is not None:
-        df = df.groupby("split", group_keys=False).apply(
-            lambda g: g.sample(n=min(max_chains, len(g)), random_state=seed)
-        )
+        df = pd.concat([g.sample(n=min(max_chains, len(g)), random_state=seed)
+                        for _, g in df.groupby("split", sort=False)])
     return df.reset_index(drop=True)
 
 
@@ -231,7 +230,7 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score")
             raise DataError(f"{path}, row {i + 2}: mutant {df['mutant'][i]!r} is not like 'A42G'")
         pos = int(pos)
         if not 1 <= pos <= len(wt_seq) or wt_seq[pos - 1] != wt:
-            have = wt_seq[pos - 1] if 1 <= pos <= len(wt_seq) else "nothing (out of range)"
+            have = repr(wt_seq[pos - 1]) if 1 <= pos <= len(wt_seq) else "nothing (out of range)"
             raise DataError(
                 f"{path}, row {i + 2}: mutant {df['mutant'][i]!r} expects {wt!r} at position {pos} (1-based) "
                 f"but the wild type has {have}; check the numbering offset"

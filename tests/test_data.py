@@ -1,0 +1,134 @@
+import gzip
+import hashlib
+import io
+
+import pandas as pd
+import pytest
+
+from bioft_tutorial import data
+from bioft_tutorial.data import DataError
+
+
+def _sha_gz(path):
+    with gzip.open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+@pytest.mark.parametrize("folder,name,sha", [
+    ("flip_secondary_structure", "sequences.fasta.gz", "cc69cb36650161fa08874c7a3a2ceceb9c3bbab1b6394cb875647c1b8b4a4b03"),
+    ("flip_secondary_structure", "sampled.fasta.gz", "d74173c6ecd35339e9455565b45160f7285d401a1fc05e814af67bcb7bb83ad1"),
+    ("flip_secondary_structure", "mask.fasta.gz", "6ffafb87ab0d40781103594d3a8fa202d1db741fd49cc00fe6220797bf55897f"),
+    ("proteingym_blat", "BLAT_ECOLX_Stiffler_2015.csv.gz", "82835aeecc2001c742434457102e02b5aaf38673274aaba00ac85e07bcd94f35"),
+])
+def test_shipped_files_match_source_notes(folder, name, sha):
+    assert _sha_gz(data.asset_path(folder, name)) == sha
+    assert (data.asset_path(folder, "SOURCE.md")).read_text().count(sha) == 1
+
+
+def test_brca1_files_match_source_notes():
+    assert data.sha256_file(data.asset_path("brca1", "GRCh37_chr17_BRCA1_region.fa")) == \
+        "6e01225a3312e3617d7892d4b8a336b4e0a64049f11825d830f2f5977c5929a8"
+    assert data.sha256_file(data.asset_path("brca1", "41586_2018_461_MOESM3_ESM.xlsx")) == \
+        "0100fc651b6ec6015f02a5813660afdcf9cf3969790992104e99e74f7348d0fd"
+
+
+@pytest.fixture(scope="module")
+def flip():
+    return data.load_flip_secondary_structure()
+
+
+def test_flip_counts_and_lengths(flip):
+    assert flip["split"].value_counts().to_dict() == {"train": 9712, "validation": 1080, "test": 364}
+    assert flip["length"].min() == 20 and flip["length"].max() == 1632
+    assert (flip["sequence"].str.len() == flip["labels"].str.len()).all()
+    totals = pd.Series(list("".join(flip["labels"]))).value_counts().to_dict()
+    assert totals == {"C": 1211931, "H": 1030200, "E": 602963}  # as documented in SOURCE.md
+    assert "".join(flip["mask"]).count("0") == 186876
+
+
+def test_flip_split_subset_is_seeded():
+    a = data.load_flip_secondary_structure("validation", max_chains=5, seed=1)
+    b = data.load_flip_secondary_structure("validation", max_chains=5, seed=1)
+    assert len(a) == 5 and (a["split"] == "validation").all() and a["id"].tolist() == b["id"].tolist()
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        data.load_flip_secondary_structure("valid")
+
+
+def test_blat_dms_matches_wild_type():
+    wt = data.blat_wild_type()
+    dms = data.load_blat_dms()
+    assert len(wt) == 286 and len(dms) == 4996
+    for row in dms.head(200).itertuples():
+        assert wt[row.position - 1] == row.wt_aa
+        assert row.mutated_sequence == wt[:row.position - 1] + row.mt_aa + wt[row.position:]
+    assert dms["DMS_score_bin"].sum() == 2498
+
+
+def test_parse_fasta_round_trip():
+    records = {"a": "MKTAYIAK" * 10, "b": "GG"}
+    assert data.parse_fasta(io.StringIO(data.write_fasta(records, width=7))) == records
+
+
+@pytest.mark.parametrize("text,message", [
+    ("MKT\n>a\nMK\n", "before the first '>' header"),
+    (">a\nMK\n>a\nGG\n", "duplicate FASTA id 'a'"),
+    (">a\n>b\nGG\n", "record 'a' has no sequence"),
+    ("", "no FASTA records"),
+    (">\nGG\n", "empty FASTA header"),
+])
+def test_parse_fasta_errors(text, message):
+    with pytest.raises(DataError, match=message):
+        data.parse_fasta(io.StringIO(text), source="x.fa")
+
+
+def test_label_length_mismatch_names_chain():
+    df = pd.DataFrame({"id": ["p1"], "sequence": ["MKT"], "labels": ["HH"], "mask": ["111"]})
+    with pytest.raises(DataError, match=r"chain 'p1' has 3 residues but 2 labels"):
+        data.validate_token_labels(df, source="x")
+
+
+def test_dms_csv_errors(tmp_path):
+    wt = "MKTAYIAK"
+    path = tmp_path / "d.csv"
+    path.write_text("mutant,DMS_score\nK2A,0.1\nA4G,nan\n")
+    with pytest.raises(DataError, match=r"row 3.*NaN"):
+        data.read_dms_csv(path, wt)
+    path.write_text("mutant,DMS_score\nK3A,0.1\n")
+    with pytest.raises(DataError, match=r"row 2.*expects 'K' at position 3.*has 'T'.*offset"):
+        data.read_dms_csv(path, wt)
+    path.write_text("mutant,score\nK2A,0.1\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['DMS_score'\]"):
+        data.read_dms_csv(path, wt)
+    path.write_text("mutant,DMS_score\nK2A,high\n")
+    with pytest.raises(DataError, match=r"row 2.*'high' is not a number"):
+        data.read_dms_csv(path, wt)
+
+
+def test_fetch_file_verifies_and_caches(tmp_path):
+    src = tmp_path / "remote.txt"
+    src.write_bytes(b"hello genome\n")
+    sha = hashlib.sha256(b"hello genome\n").hexdigest()
+    cache = tmp_path / "cache"
+    got = data.fetch_file(src.as_uri(), sha, cache_dir=cache)
+    assert got.read_bytes() == b"hello genome\n"
+    src.unlink()  # now "offline": the verified cache is used
+    assert data.fetch_file(src.as_uri(), sha, cache_dir=cache) == got
+    got.write_bytes(b"tampered")  # a corrupted cache entry is not trusted
+    with pytest.raises(ConnectionError, match=r"(?s)remote.txt.*offline.*SHA-256"):
+        data.fetch_file(src.as_uri(), sha, cache_dir=cache)
+    assert not got.exists()
+
+
+def test_fetch_file_rejects_bad_hash(tmp_path):
+    src = tmp_path / "remote.txt"
+    src.write_bytes(b"payload")
+    with pytest.raises(DataError, match="does not match"):
+        data.fetch_file(src.as_uri(), "0" * 64, cache_dir=tmp_path / "c")
+    assert not any((tmp_path / "c").iterdir())
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "x.bin"
+    data.atomic_write_bytes(target, b"abc")
+    data.atomic_write_bytes(target, b"defg")
+    assert target.read_bytes() == b"defg" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
