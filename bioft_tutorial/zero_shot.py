@@ -1,0 +1,321 @@
+"""Use a pretrained ESM-2 as it is: embeddings and zero-shot scores of amino-acid substitutions.
+
+A masked language model gives, at every position of a protein, a probability for each of the 20 amino
+acids. The log-ratio ``log p(mutant aa) - log p(wild-type aa)`` (nats) scores a substitution: negative
+means the model finds the mutant less plausible than the wild type. Two ways to get those probabilities
+(Meier et al. 2021, ESM-1v):
+
+* ``"wt-marginal"``: one forward pass of the unmasked wild type scores every position at once.
+* ``"masked-marginal"``: each mutated position is masked in turn, so the model cannot see the residue it
+  predicts. One pass per *distinct* position (not per mutant), batched.
+
+A multi-mutant such as ``"A42G:T50C"`` scores the sum over its substitutions. Positions are 1-based, as in
+ProteinGym. Sequences longer than the model's limit are scored in windows (:func:`window_start`).
+
+The module imports nothing from the rest of the package: copy it next to torch, transformers and tqdm.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+#: Residues per window: ESM-2 takes 1,024 tokens, i.e. 1,022 residues plus ``<cls>`` and ``<eos>``
+#: (the same value as ``models.ESM2_MAX_RESIDUES``, repeated so that this module stands alone).
+MAX_RESIDUES = 1022
+METHODS = ("wt-marginal", "masked-marginal")
+_MUTANT = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
+
+
+@dataclass(frozen=True)
+class Substitution:
+    """One amino-acid change: ``wt`` at ``position`` (1-based, in ``wt_seq``) becomes ``mt``."""
+
+    wt: str
+    position: int
+    mt: str
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+def parse_mutant(mutant: str, wt_seq: str, offset: int = 0) -> tuple[Substitution, ...]:
+    """Parse and check a ProteinGym-style mutant such as ``"A42G"`` or ``"A42G:T50C"``.
+
+    Args:
+        mutant: substitutions ``<wild-type aa><position><mutant aa>`` joined by ``":"``.
+        wt_seq: the wild-type sequence the mutant refers to.
+        offset: subtracted from each written position to get the 1-based position in ``wt_seq``:
+            ``0`` when the mutant is numbered like ``wt_seq`` (ProteinGym), ``23`` when ``wt_seq``
+            starts at residue 24 of the numbering the mutants use.
+
+    Returns:
+        The substitutions, positions 1-based in ``wt_seq``.
+
+    Raises:
+        ValueError: bad format, a letter outside the 20 amino acids, a position outside ``wt_seq``,
+            a wild-type letter that does not match ``wt_seq`` (the message suggests an offset when a
+            neighbour matches), or a position that appears twice.
+    """
+    if not isinstance(mutant, str) or not mutant.strip():
+        raise ValueError(f"mutant {mutant!r}: expected text like 'A42G' or 'A42G:T50C'")
+    subs = tuple(_parse_one(mutant, part.strip(), wt_seq, offset) for part in mutant.split(":"))
+    positions = [s.position for s in subs]
+    for p in {p for p in positions if positions.count(p) > 1}:
+        raise ValueError(f"mutant {mutant!r}: position {p + offset} appears twice; a variant changes each "
+                         "position at most once (merge or drop the duplicate)")
+    return subs
+
+
+def _parse_one(mutant: str, part: str, wt_seq: str, offset: int) -> Substitution:
+    match = _MUTANT.match(part)
+    if match is None:
+        raise ValueError(f"mutant {mutant!r}: {part!r} is not like 'A42G' (wild-type letter, 1-based position, "
+                         "mutant letter); join several substitutions with ':'")
+    wt, written, mt = match.group(1), int(match.group(2)), match.group(3)
+    for letter in (wt, mt):
+        if letter not in AMINO_ACIDS:
+            hint = " (use upper case)" if letter.upper() in AMINO_ACIDS else ""
+            raise ValueError(f"mutant {mutant!r}: {letter!r} is not one of the 20 amino acids {AMINO_ACIDS}{hint}")
+    position = written - offset
+    if not 1 <= position <= len(wt_seq):
+        where = f"position {written}" + (f" (= {position} with offset={offset})" if offset else "")
+        hint = ("positions are 1-based; for 0-based numbering use offset=-1" if position == 0 else
+                "is it numbered for a longer construct? Set offset so that position - offset indexes wt_seq")
+        raise ValueError(f"mutant {mutant!r}: {where} is outside the sequence of {len(wt_seq)} residues "
+                         f"(1..{len(wt_seq)}); {hint}")
+    if wt_seq[position - 1] != wt:
+        raise ValueError(_mismatch_message(mutant, wt, written, position, wt_seq, offset))
+    return Substitution(wt, position, mt)
+
+
+def _mismatch_message(mutant: str, wt: str, written: int, position: int, wt_seq: str, offset: int) -> str:
+    msg = f"mutant {mutant!r}: sequence has {wt_seq[position - 1]!r} at position {position} (1-based)"
+    if offset:
+        msg += f", i.e. {written} with offset={offset},"
+    for shift in (-1, 1):
+        near = position + shift
+        if 1 <= near <= len(wt_seq) and wt_seq[near - 1] == wt:
+            return (f"{msg}; it has {wt!r} at {near} — is your numbering offset by one? "
+                    f"Try offset={offset - shift}")
+    return f"{msg}, not {wt!r}; check that wt_seq is the sequence these mutants were written for"
+
+
+def single_mutants(wt_seq: str) -> list[str]:
+    """All 19 x ``len(wt_seq)`` single substitutions, e.g. ``["M1A", "M1C", ...]`` (1-based)."""
+    return [f"{wt}{i}{mt}" for i, wt in enumerate(wt_seq, start=1) for mt in AMINO_ACIDS if mt != wt]
+
+
+# --- windows -----------------------------------------------------------------------------------------
+def window_start(position: int, length: int, max_residues: int = MAX_RESIDUES) -> int:
+    """0-based index of the first residue of the window that scores ``position``.
+
+    The rule (that of ESM-1v and ProteinGym): a sequence of at most ``max_residues`` is scored whole
+    (start 0). A longer one is cut to ``max_residues`` residues centred on the position,
+    ``start = position - 1 - max_residues // 2``, shifted to lie inside the sequence near either end,
+    so the position has as much context on each side as the sequence allows.
+
+    Args:
+        position: 1-based position in the sequence.
+        length: residues in the sequence.
+        max_residues: residues per window (1,022 for ESM-2).
+    """
+    if length <= max_residues:
+        return 0
+    return min(max(position - 1 - max_residues // 2, 0), length - max_residues)
+
+
+def _plan(positions: Sequence[int], length: int, masked: bool, max_residues: int) -> tuple[list, np.ndarray]:
+    """Forward-pass rows ``(window start, masked index or None)``, and the row of each position."""
+    rows: dict[tuple[int, int | None], int] = {}
+    row_of = []
+    for p in positions:
+        start = window_start(p, length, max_residues)
+        row_of.append(rows.setdefault((start, p - 1 - start if masked else None), len(rows)))
+    return list(rows), np.asarray(row_of, dtype=int)
+
+
+# --- model helpers -----------------------------------------------------------------------------------
+@contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
+    """Eval mode (restored afterwards) and ``torch.inference_mode``; yields the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+def _residue_ids(tokenizer, seq: str) -> torch.Tensor:
+    """Token ids of the residues of ``seq``, one per residue, without special tokens: (L,) int64."""
+    ids = tokenizer.convert_tokens_to_ids(list(seq))
+    bad = [i for i, t in enumerate(ids) if t == tokenizer.unk_token_id]
+    if not seq or bad:
+        where = f"{seq[bad[0]]!r} at position {bad[0] + 1}" if bad else "an empty sequence"
+        raise ValueError(f"sequence has {where}, which the tokenizer does not know; use upper-case one-letter "
+                         "amino-acid codes (seq.upper(), X for unknown)")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _with_specials(tokenizer, residue_ids: torch.Tensor) -> torch.Tensor:
+    """``<cls> residues <eos>``: (..., L) -> (..., L + 2)."""
+    shape = (*residue_ids.shape[:-1], 1)
+    cls = residue_ids.new_full(shape, tokenizer.cls_token_id)
+    eos = residue_ids.new_full(shape, tokenizer.eos_token_id)
+    return torch.cat([cls, residue_ids, eos], dim=-1)
+
+
+def _aa_log_probs(model, tokenizer, input_ids: torch.Tensor, aa_ids: torch.Tensor) -> torch.Tensor:
+    """log p(aa) over the 20 amino acids at every token: (B, T) -> (B, T, 20), fp32, nats."""
+    logits = getattr(model(input_ids=input_ids), "logits", None)
+    if logits is None or logits.shape[-1] != len(tokenizer):
+        raise ValueError(f"{type(model).__name__} does not output one logit per vocabulary token; scoring needs "
+                         "the masked-LM head: load_esm2(name, task='mlm')")
+    return torch.log_softmax(logits[..., aa_ids].float(), dim=-1)
+
+
+# --- scoring -----------------------------------------------------------------------------------------
+def position_log_probs(
+    model, tokenizer, wt_seq: str, positions: Sequence[int], *, masked: bool, batch_size: int = 32,
+    max_residues: int = MAX_RESIDUES, progress: bool = True,
+) -> np.ndarray:
+    """The model's amino-acid distribution at ``positions`` of ``wt_seq``.
+
+    Args:
+        positions: 1-based positions of ``wt_seq``.
+        masked: mask each position in its own pass (masked-marginal) or read all of them from the
+            unmasked sequence (wt-marginal: one pass per window).
+        model, tokenizer, wt_seq, batch_size, max_residues, progress: as in :func:`score_substitutions`
+            (every sequence in a batch has the same length, so nothing is padded).
+
+    Returns:
+        ``(len(positions), 20)`` float64 log-probabilities (nats), columns in :data:`AMINO_ACIDS` order,
+        normalised over the 20 amino acids (differences between two amino acids at one position equal
+        those under the full 33-token vocabulary).
+    """
+    residues = _residue_ids(tokenizer, wt_seq)
+    if any(not 1 <= p <= len(wt_seq) for p in positions):
+        raise ValueError(f"positions must lie in 1..{len(wt_seq)} (1-based); got {list(positions)[:5]}...")
+    aa_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(AMINO_ACIDS)))
+    rows, row_of = _plan(positions, len(wt_seq), masked, max_residues)
+    token_of = np.asarray(positions, dtype=int) - np.asarray([r[0] for r in rows], dtype=int)[row_of]
+    out = np.empty((len(positions), len(AMINO_ACIDS)))
+    width = min(len(wt_seq), max_residues)
+    with _inference(model) as device:
+        residues, aa_ids = residues.to(device), aa_ids.to(device)
+        for b0 in tqdm(range(0, len(rows), batch_size), desc="forward passes", unit="batch", disable=not progress):
+            chunk = rows[b0:b0 + batch_size]
+            batch = torch.stack([residues[start:start + width] for start, _ in chunk])
+            if masked:
+                batch[torch.arange(len(chunk)), torch.tensor([m for _, m in chunk])] = tokenizer.mask_token_id
+            log_probs = _aa_log_probs(model, tokenizer, _with_specials(tokenizer, batch), aa_ids)
+            sel = np.flatnonzero((row_of >= b0) & (row_of < b0 + len(chunk)))
+            index = torch.as_tensor(np.stack([row_of[sel] - b0, token_of[sel]]), device=device)
+            out[sel] = log_probs[index[0], index[1]].double().cpu().numpy()
+    return out
+
+
+def score_substitutions(
+    model, tokenizer, wt_seq: str, mutants: Sequence[str],
+    method: Literal["wt-marginal", "masked-marginal"] = "wt-marginal", *, offset: int = 0,
+    batch_size: int = 32, max_residues: int = MAX_RESIDUES, progress: bool = True,
+) -> np.ndarray:
+    """Zero-shot score of each mutant: sum over its substitutions of ``log p(mt) - log p(wt)``.
+
+    Args:
+        model: an ESM-2 masked LM (``load_esm2(..., task="mlm")``), on any device.
+        tokenizer: its tokenizer.
+        wt_seq: the wild-type sequence.
+        mutants: ProteinGym-style mutants, e.g. ``["H24C", "A42G:T50C"]``, 1-based.
+        method: ``"wt-marginal"`` (one pass of the wild type per window) or ``"masked-marginal"``
+            (one pass per distinct mutated position, that position masked; Meier et al. 2021).
+        offset: numbering offset of the mutants (see :func:`parse_mutant`).
+        batch_size: sequences per forward pass.
+        max_residues: window size for sequences longer than the model's limit (see :func:`window_start`).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(len(mutants),)`` float64 scores in nats; higher = more plausible than the wild type.
+
+    Raises:
+        ValueError: an unknown method, or a mutant that does not fit ``wt_seq`` (see :func:`parse_mutant`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if isinstance(mutants, str):
+        raise TypeError(f"mutants must be a list of mutants, not the string {mutants!r}; wrap it: [{mutants!r}]")
+    parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
+    positions = sorted({s.position for subs in parsed for s in subs})
+    if not positions:
+        return np.zeros(len(parsed))
+    table = position_log_probs(model, tokenizer, wt_seq, positions, masked=method == "masked-marginal",
+                               batch_size=batch_size, max_residues=max_residues, progress=progress)
+    row = {p: i for i, p in enumerate(positions)}
+    col = {aa: j for j, aa in enumerate(AMINO_ACIDS)}
+    return np.array([sum(table[row[s.position], col[s.mt]] - table[row[s.position], col[s.wt]] for s in subs)
+                     for subs in parsed], dtype=float)
+
+
+# --- embeddings --------------------------------------------------------------------------------------
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare ESM-2 encoder of a model with or without a head, PEFT-wrapped or not."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return getattr(model, "base_model", model)
+
+
+def embed(
+    model, tokenizer, seqs: Sequence[str], *, pooling: Literal["mean", "per-residue"] = "mean",
+    batch_size: int = 8, max_residues: int = MAX_RESIDUES, progress: bool = True,
+) -> np.ndarray | list[np.ndarray]:
+    """Final-layer ESM-2 representations of protein sequences.
+
+    Sequences are sorted by length and batched, so each batch pads little; results come back in input
+    order. ``<cls>``, ``<eos>`` and padding are dropped.
+
+    Args:
+        model: ESM-2 with or without a head (``load_esm2(name)`` or ``task="mlm"``); tokenizer: its tokenizer.
+        seqs: amino-acid sequences, at most ``max_residues`` each (crop or window longer ones yourself).
+        pooling: ``"mean"`` (average over residues) or ``"per-residue"``.
+        batch_size: sequences per forward pass; progress: show a tqdm bar.
+
+    Returns:
+        ``"mean"``: ``(len(seqs), hidden)`` float32; ``"per-residue"``: a list of ``(len(seq), hidden)`` float32.
+
+    Raises:
+        ValueError: unknown pooling, or a sequence longer than ``max_residues``.
+    """
+    if pooling not in ("mean", "per-residue"):
+        raise ValueError(f"unknown pooling {pooling!r}; use 'mean' or 'per-residue'")
+    too_long = [i for i, s in enumerate(seqs) if len(s) > max_residues]
+    if too_long:
+        raise ValueError(f"sequence {too_long[0]} has {len(seqs[too_long[0]])} residues, more than the model's "
+                         f"{max_residues}; crop it or embed overlapping windows")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(seqs)
+    encoder = _encoder(model)
+    with _inference(model) as device:
+        for b0 in tqdm(range(0, len(order), batch_size), desc="embedding", unit="batch", disable=not progress):
+            idx = order[b0:b0 + batch_size]
+            input_ids, attention_mask = _padded_batch(tokenizer, [seqs[i] for i in idx])
+            hidden = encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+            hidden = hidden.last_hidden_state.float()
+            for row, i in enumerate(idx):
+                residues = hidden[row, 1:len(seqs[i]) + 1]
+                out[i] = (residues.mean(0) if pooling == "mean" else residues).cpu().numpy()
+    if pooling == "per-residue":
+        return out
+    return np.stack(out) if out else np.empty((0, _encoder(model).config.hidden_size), dtype=np.float32)
+
+
+def _padded_batch(tokenizer, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<cls> residues <eos> <pad>...`` ids and the attention mask, both (B, max L + 2) int64."""
+    rows = [_with_specials(tokenizer, _residue_ids(tokenizer, s)) for s in seqs]
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+    return input_ids, (input_ids != tokenizer.pad_token_id).long()
