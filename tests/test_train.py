@@ -1,0 +1,288 @@
+"""Training loop, batching, masking, metrics and checkpoints on the CPU with the tiny model and shipped data.
+
+The kill-and-resume test runs a training in a subprocess that SIGKILLs itself mid-run, resumes it here,
+and compares with an uninterrupted run of the same seed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn import metrics as skm
+
+from bioft_tutorial import checkpoint, data, lora, metrics, models, predict, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ss_small(tokenizer):
+    df = data.load_flip_secondary_structure(max_chains=60, seed=1)
+    return (data.secondary_structure_examples(df[df.split == "train"], tokenizer),
+            data.secondary_structure_examples(df[df.split == "validation"].head(20), tokenizer))
+
+
+def _tiny(method="full", seed=0, dropout=0.0):
+    model = models.random_esm2(models.tiny_esm2_config(), "token", 3, seed=seed)
+    cfg = lora.esm2_lora_config(dropout=dropout) if method == "lora" else None
+    return lora.prepare_model(model, method, cfg)
+
+
+def _trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- masking, crops, batches ---------------------------------------------------------------------------------
+
+def test_unresolved_residues_and_special_tokens_get_no_label(tokenizer):
+    df = data.pd.DataFrame({"id": ["toy"], "sequence": ["MKHE"], "labels": ["CHEC"], "mask": ["1001"]})
+    ex = data.secondary_structure_examples(df, tokenizer)[0]
+    vocab = tokenizer.get_vocab()
+    assert ex["input_ids"] == [tokenizer.cls_token_id, vocab["M"], vocab["K"], vocab["H"], vocab["E"],
+                               tokenizer.eos_token_id]
+    # <cls>, C(resolved)=2, H(unresolved), E(unresolved), C(resolved)=2, <eos>
+    assert ex["labels"] == [-100, 2, -100, -100, 2, -100]
+    batch = data.collate_padded([ex, {"input_ids": ex["input_ids"][:3], "labels": ex["labels"][:3]}])
+    assert batch["labels"][1].tolist() == [-100, 2, -100, -100, -100, -100]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0]
+    # the loss ignores every -100: same as cross-entropy over the two labelled residues only
+    logits = torch.randn(1, 6, 3)
+    expected = -(torch.log_softmax(logits[0, 1], -1)[2] + torch.log_softmax(logits[0, 4], -1)[2])
+    assert torch.allclose(predict.loss_sum(logits, torch.tensor([ex["labels"]])), expected)
+
+
+@pytest.mark.parametrize("length", [5, 1022, 1023, 1500, 2500, 4000])
+def test_crops_own_each_residue_once(length):
+    windows = data.crop_windows(length, 1022, 256)
+    owned = np.zeros(length, dtype=int)
+    for start, end, own_start, own_end in windows:
+        assert end - start <= 1022 and start <= own_start < own_end <= end
+        owned[own_start:own_end] += 1
+    assert (owned == 1).all()
+
+
+def test_long_chain_is_cropped_with_labels_counted_once(tokenizer):
+    seq = "ACDEFGHIKL" * 150  # 1,500 residues
+    df = data.pd.DataFrame({"id": ["long"], "sequence": [seq], "labels": ["H" * 1500], "mask": ["1" * 1500]})
+    ds = data.secondary_structure_examples(df, tokenizer)
+    assert len(ds) == 2 and max(len(x) for x in ds["input_ids"]) == 1024
+    assert sum(sum(y != -100 for y in lab) for lab in ds["labels"]) == 1500
+
+
+def test_token_budget_batches_respect_budget_and_cover_everything():
+    lengths = np.random.default_rng(0).integers(20, 600, size=300)
+    batches = data.token_budget_batches(lengths, 2048, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert all(len(b) * lengths[b].max() <= 2048 for b in batches)
+    assert batches == data.token_budget_batches(lengths, 2048, seed=3)  # deterministic per seed
+    with pytest.raises(ValueError, match="token_budget=500"):
+        data.token_budget_batches(lengths, 500)
+
+
+def test_dms_position_split_has_no_shared_positions():
+    df = data.load_blat_dms()
+    split = data.dms_split(df, by="position", seed=0)
+    positions = {name: set(df.position[split == name]) for name in ("train", "validation", "test")}
+    assert not positions["train"] & positions["test"] and not positions["train"] & positions["validation"]
+    assert set(data.dms_split(df, by="random").unique()) == {"train", "validation", "test"}
+
+
+# --- metrics agree with independent computations ---------------------------------------------------------------
+
+def test_metrics_agree_with_independent_computations():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 3, 500), rng.integers(0, 3, 500)
+    y[rng.random(500) < 0.2] = -100
+    keep = y != -100
+    assert metrics.q3_accuracy(y, p) == pytest.approx(np.mean(y[keep] == p[keep]))
+    cm = np.zeros((3, 3), int)
+    np.add.at(cm, (y[keep], p[keep]), 1)
+    assert (metrics.confusion(y, p) == cm).all()
+    assert np.allclose(metrics.per_class_accuracy(y, p), np.diag(cm) / cm.sum(1))
+    assert metrics.q3_accuracy(y, p) == pytest.approx(skm.accuracy_score(y[keep], p[keep]))
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    assert metrics.spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_evaluate_matches_sklearn_on_model_predictions(ss_small):
+    model = _tiny("full")
+    _, val = ss_small
+    y, pred, _ = predict.collect_predictions(model, val, token_budget=4096)
+    scores = predict.evaluate(model, val, token_budget=4096)
+    assert scores["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert len(y) == sum(sum(v != -100 for v in lab) for lab in val["labels"])
+
+
+# --- config validation -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value,match", [
+    ("learning_rate", 0.0, "learning_rate"), ("learning_rate", -1e-3, "learning_rate"),
+    ("max_steps", 0, "max_steps"), ("token_budget", 0, "token_budget"), ("grad_accum_steps", 0, "grad_accum"),
+    ("warmup_steps", 10, "warmup_steps"), ("min_token_budget", 10**6, "min_token_budget"),
+    ("schedule", "step", "schedule"), ("precision", "fp8", "precision"), ("batching", "bucket", "batching"),
+    ("early_stopping_patience", 0, "early_stopping"), ("max_grad_norm", 0.0, "max_grad_norm"),
+])
+def test_bad_config_values_are_named(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig(**{"max_steps": 10, "warmup_steps": 0, "token_budget": 2048, "min_token_budget": 512,
+                             field: value})
+
+
+def test_example_longer_than_the_token_budget_is_refused(ss_small, tmp_path):
+    tr, _ = ss_small
+    cfg = train.TrainConfig(output_dir=str(tmp_path), max_steps=2, warmup_steps=0, token_budget=64,
+                            min_token_budget=32, progress=False)
+    with pytest.raises(ValueError, match="more than token_budget=64"):
+        train.train(_tiny(), tr, None, cfg)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [train.lr_factor(s, 10, 110, "cosine") for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[-1] < 1e-3
+    assert train.lr_factor(60, 10, 110, "linear") == pytest.approx(0.5)
+
+
+# --- learning, faults, resume ------------------------------------------------------------------------------------
+
+def test_loss_decreases_on_a_small_real_subset(ss_small, tmp_path):
+    tr, val = ss_small
+    cfg = train.TrainConfig(output_dir=str(tmp_path), max_steps=40, learning_rate=3e-3, warmup_steps=5,
+                            token_budget=2048, min_token_budget=1024, eval_every=20, save_every=40, progress=False)
+    result = train.train(_tiny("full"), tr, val, cfg)
+    loss = result.history["loss"].to_numpy()
+    assert loss[-10:].mean() < loss[:10].mean() - 0.05
+    assert (tmp_path / "history.jsonl").read_text().count("\n") == 40
+    assert result.best_step in (20, 40) and (tmp_path / "best" / "tensors.safetensors").exists()
+
+
+def test_injected_out_of_memory_halves_the_budget_and_keeps_the_gradient(ss_small, tmp_path, caplog):
+    tr, _ = ss_small
+    kw = dict(max_steps=4, learning_rate=1e-3, warmup_steps=0, token_budget=4096, min_token_budget=1024,
+              save_every=100, progress=False)
+    fired = []
+
+    def oom_once(step, batch):
+        if step == 2 and not fired:
+            fired.append(step)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    plain, faulty = _tiny("full"), _tiny("full")
+    train.train(plain, tr, None, train.TrainConfig(output_dir=str(tmp_path / "a"), **kw))
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.train"):
+        result = train.train(faulty, tr, None, train.TrainConfig(output_dir=str(tmp_path / "b"), **kw),
+                             before_forward=oom_once)
+    assert result.token_budget == 2048 and "retrying the step with 2048" in caplog.text
+    assert list(result.history["token_budget"]) == [4096, 2048, 2048, 2048]
+    for (name, a), b in zip(_trainable(plain).items(), _trainable(faulty).values()):
+        assert torch.allclose(a, b, atol=1e-5), name  # same gradient, summed in a different order
+
+    def always_oom(step, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="under the floor of 1024"):
+        train.train(_tiny("full"), tr, None, train.TrainConfig(output_dir=str(tmp_path / "c"), **kw),
+                    before_forward=always_oom)
+
+
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_checkpoint(ss_small, tmp_path):
+    tr, _ = ss_small
+    model = _tiny("full")
+
+    def poison(step, batch):
+        if step == 5:
+            model.classifier.weight.data.fill_(float("nan"))
+
+    cfg = train.TrainConfig(output_dir=str(tmp_path), max_steps=8, warmup_steps=0, token_budget=2048,
+                            min_token_budget=1024, save_every=2, progress=False)
+    with pytest.raises(FloatingPointError, match="step 5"):
+        train.train(model, tr, None, cfg, before_forward=poison)
+    last = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
+    assert last.name == "step-000004"
+    tensors, state = checkpoint.load_checkpoint(last)
+    assert state["state"]["step"] == 4 and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_early_stopping_and_best_checkpoint(ss_small, tmp_path):
+    tr, val = ss_small
+    cfg = train.TrainConfig(output_dir=str(tmp_path), max_steps=50, learning_rate=1e-12, warmup_steps=0,
+                            token_budget=2048, min_token_budget=1024, eval_every=2, early_stopping_patience=2,
+                            progress=False)
+    result = train.train(_tiny("full"), tr, val, cfg)
+    assert result.stopped == "early_stopping" and len(result.history) == 6 and result.best_step == 2
+
+
+_RUN = """
+import os, signal, sys, torch
+torch.set_num_threads(1)
+from bioft_tutorial import data, lora, models, train
+tok = models.load_tokenizer()
+df = data.load_flip_secondary_structure(max_chains=60, seed=1)
+tr = data.secondary_structure_examples(df[df.split == "train"], tok)
+va = data.secondary_structure_examples(df[df.split == "validation"].head(20), tok)
+model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3, seed=0), "lora",
+                           lora.esm2_lora_config(dropout=0.1))
+kill_at = int(sys.argv[2])
+def hook(step, batch):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+cfg = train.TrainConfig(output_dir=sys.argv[1], max_steps=12, learning_rate=2e-3, warmup_steps=2,
+                        token_budget=1536, min_token_budget=1024, grad_accum_steps=2, eval_every=4,
+                        save_every=3, progress=False, resume=kill_at == 0)
+train.train(model, tr, va, cfg, before_forward=hook)
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, one_thread, ss_small):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_RUN))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "8"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000006"
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 7  # step 7 logged, then killed
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    tr, va = ss_small  # the same run, uninterrupted, in this process (also one thread)
+    model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3, seed=0), "lora",
+                               lora.esm2_lora_config(dropout=0.1))
+    train.train(model, tr, va, train.TrainConfig(
+        output_dir=str(tmp_path / "ref"), max_steps=12, learning_rate=2e-3, warmup_steps=2, token_budget=1536,
+        min_token_budget=1024, grad_accum_steps=2, eval_every=4, save_every=3, progress=False))
+    rows = [[json.loads(line) for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+            for d in ("run", "ref")]
+    assert [r["step"] for r in rows[0]] == list(range(1, 13))
+    for a, b in zip(*rows):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6, abs_tol=1e-7), (a, b)
+    weights = [checkpoint.load_checkpoint(tmp_path / d / "checkpoints" / "step-000012")[0] for d in ("run", "ref")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        if name.startswith(("model/", "optimizer/")):
+            assert torch.allclose(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-7), name
