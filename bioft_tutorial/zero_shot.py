@@ -102,7 +102,8 @@ def _mismatch_message(mutant: str, wt: str, written: int, position: int, wt_seq:
         if 1 <= near <= len(wt_seq) and wt_seq[near - 1] == wt:
             return (f"{msg}; it has {wt!r} at {near} — is your numbering offset by one? "
                     f"Try offset={offset - shift}")
-    return f"{msg}, not {wt!r}; check that wt_seq is the sequence these mutants were written for"
+    return (f"{msg}, not {wt!r}; check that wt_seq is the sequence these mutants were written for, and their "
+            "numbering (set offset if they use another scheme)")
 
 
 def single_mutants(wt_seq: str) -> list[str]:
