@@ -19,11 +19,14 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase as Tokenizer
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 #: Residues per window: ESM-2 takes 1,024 tokens, i.e. 1,022 residues plus ``<cls>`` and ``<eos>``
@@ -65,8 +68,9 @@ def parse_mutant(mutant: str, wt_seq: str, offset: int = 0) -> tuple[Substitutio
         raise ValueError(f"mutant {mutant!r}: expected text like 'A42G' or 'A42G:T50C'")
     subs = tuple(_parse_one(mutant, part.strip(), wt_seq, offset) for part in mutant.split(":"))
     positions = [s.position for s in subs]
-    for p in {p for p in positions if positions.count(p) > 1}:
-        raise ValueError(f"mutant {mutant!r}: position {p + offset} appears twice; a variant changes each "
+    twice = [p for p in positions if positions.count(p) > 1]
+    if twice:
+        raise ValueError(f"mutant {mutant!r}: position {twice[0] + offset} appears twice; a variant changes each "
                          "position at most once (merge or drop the duplicate)")
     return subs
 
@@ -94,9 +98,8 @@ def _parse_one(mutant: str, part: str, wt_seq: str, offset: int) -> Substitution
 
 
 def _mismatch_message(mutant: str, wt: str, written: int, position: int, wt_seq: str, offset: int) -> str:
-    msg = f"mutant {mutant!r}: sequence has {wt_seq[position - 1]!r} at position {position} (1-based)"
-    if offset:
-        msg += f", i.e. {written} with offset={offset},"
+    written_as = f"; written {written} with offset={offset}" if offset else ""
+    msg = f"mutant {mutant!r}: sequence has {wt_seq[position - 1]!r} at position {position} (1-based{written_as})"
     for shift in (-1, 1):
         near = position + shift
         if 1 <= near <= len(wt_seq) and wt_seq[near - 1] == wt:
@@ -153,7 +156,7 @@ def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def _residue_ids(tokenizer, seq: str) -> torch.Tensor:
+def _residue_ids(tokenizer: Tokenizer, seq: str) -> torch.Tensor:
     """Token ids of the residues of ``seq``, one per residue, without special tokens: (L,) int64."""
     ids = tokenizer.convert_tokens_to_ids(list(seq))
     bad = [i for i, t in enumerate(ids) if t == tokenizer.unk_token_id]
@@ -164,7 +167,7 @@ def _residue_ids(tokenizer, seq: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _with_specials(tokenizer, residue_ids: torch.Tensor) -> torch.Tensor:
+def _with_specials(tokenizer: Tokenizer, residue_ids: torch.Tensor) -> torch.Tensor:
     """``<cls> residues <eos>``: (..., L) -> (..., L + 2)."""
     shape = (*residue_ids.shape[:-1], 1)
     cls = residue_ids.new_full(shape, tokenizer.cls_token_id)
@@ -172,7 +175,8 @@ def _with_specials(tokenizer, residue_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls, residue_ids, eos], dim=-1)
 
 
-def _aa_log_probs(model, tokenizer, input_ids: torch.Tensor, aa_ids: torch.Tensor) -> torch.Tensor:
+def _aa_log_probs(model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch.Tensor,
+                  aa_ids: torch.Tensor) -> torch.Tensor:
     """log p(aa) over the 20 amino acids at every token: (B, T) -> (B, T, 20), fp32, nats."""
     logits = getattr(model(input_ids=input_ids), "logits", None)
     if logits is None or logits.shape[-1] != len(tokenizer):
@@ -183,8 +187,8 @@ def _aa_log_probs(model, tokenizer, input_ids: torch.Tensor, aa_ids: torch.Tenso
 
 # --- scoring -----------------------------------------------------------------------------------------
 def position_log_probs(
-    model, tokenizer, wt_seq: str, positions: Sequence[int], *, masked: bool, batch_size: int = 32,
-    max_residues: int = MAX_RESIDUES, progress: bool = True,
+    model: torch.nn.Module, tokenizer: Tokenizer, wt_seq: str, positions: Sequence[int], *, masked: bool,
+    batch_size: int = 32, max_residues: int = MAX_RESIDUES, progress: bool = True,
 ) -> np.ndarray:
     """The model's amino-acid distribution at ``positions`` of ``wt_seq``.
 
@@ -223,7 +227,7 @@ def position_log_probs(
 
 
 def score_substitutions(
-    model, tokenizer, wt_seq: str, mutants: Sequence[str],
+    model: torch.nn.Module, tokenizer: Tokenizer, wt_seq: str, mutants: Sequence[str],
     method: Literal["wt-marginal", "masked-marginal"] = "wt-marginal", *, offset: int = 0,
     batch_size: int = 32, max_residues: int = MAX_RESIDUES, progress: bool = True,
 ) -> np.ndarray:
@@ -272,8 +276,9 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def embed(
-    model, tokenizer, seqs: Sequence[str], *, pooling: Literal["mean", "per-residue"] = "mean",
-    batch_size: int = 8, max_residues: int = MAX_RESIDUES, progress: bool = True,
+    model: torch.nn.Module, tokenizer: Tokenizer, seqs: Sequence[str], *,
+    pooling: Literal["mean", "per-residue"] = "mean", batch_size: int = 8, max_residues: int = MAX_RESIDUES,
+    progress: bool = True,
 ) -> np.ndarray | list[np.ndarray]:
     """Final-layer ESM-2 representations of protein sequences.
 
@@ -315,7 +320,7 @@ def embed(
     return np.stack(out) if out else np.empty((0, _encoder(model).config.hidden_size), dtype=np.float32)
 
 
-def _padded_batch(tokenizer, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_batch(tokenizer: Tokenizer, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``<cls> residues <eos> <pad>...`` ids and the attention mask, both (B, max L + 2) int64."""
     rows = [_with_specials(tokenizer, _residue_ids(tokenizer, s)) for s in seqs]
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)

@@ -180,7 +180,7 @@ def test_parse_mutant_returns_1_based_substitutions():
     # the neighbour after has it (0-based numbering)
     ("A3G", 0, ["'A3G'", "sequence has 'T' at position 3", "'A' at 4", "offset=-1"]),
     # with an offset already set, the suggestion corrects that offset
-    ("K13A", 10, ["'K13A'", "'T' at position 3", "13 with offset=10", "offset=11"]),
+    ("K13A", 10, ["'K13A'", "'T' at position 3 (1-based; written 13 with offset=10)", "offset=11"]),
     ("W5A", 0, ["'W5A'", "sequence has 'Y' at position 5", "not 'W'", "check that wt_seq"]),
     ("L200A", 0, ["'L200A'", "position 200", "outside", f"1..{len(WT)}", "offset"]),
     ("M0A", 0, ["'M0A'", "position 0", "1-based", "offset=-1"]),
@@ -251,3 +251,15 @@ def test_bench_smoke_writes_results(tmp_path):
     for r in stored:
         assert "error" not in r, r
         assert r["seconds_median"] > 0 and r["gpu"] == "cpu"
+
+
+def test_stored_results_skip_smoke_and_failed_records(tmp_path):
+    from bioft_tutorial.bench import results, zero_shot_bench
+
+    results.write_results("zero-shot", [
+        {"case": "wt-marginal", "seconds_median": 0.1, "smoke": False, "gpu": "test GPU"},
+        {"case": "masked-marginal", "error": "RuntimeError: out of memory", "smoke": False, "gpu": "test GPU"},
+        {"case": "wt-marginal", "seconds_median": 0.2, "smoke": True},
+    ], tmp_path)
+    assert [r["case"] for r in zero_shot_bench.stored_results(tmp_path)] == ["wt-marginal"]
+    assert zero_shot_bench.stored_results(tmp_path / "missing") == []

@@ -93,7 +93,8 @@ def _scoring_case(model, tok, wt_seq: str, mutants: list[str], method: str, args
     seconds = _timed(run, device, args.repeats, args.warmup)
     rows = 1 if method == "wt-marginal" else len({zero_shot.parse_mutant(m, wt_seq)[0].position for m in mutants})
     median = statistics.median(seconds)
-    record = _describe(model, wt_seq, mutants, rows, seconds, args) | {"method": method, "batch_size": args.batch_size}
+    record = _describe(model, wt_seq, mutants, rows, seconds, args)
+    record |= {"method": method, "batch_size": args.batch_size, "extrapolated": False}
     if method in TARGET_S and not args.smoke:
         record |= {"target_s": TARGET_S[method], "meets_target": median < TARGET_S[method]}
     return record
@@ -133,6 +134,37 @@ def _model(args, dtype: torch.dtype, device: torch.device):
     return models.random_esm2(config, task="mlm", dtype=dtype, device=device).eval()
 
 
+def _cases_in_dtype(args, dtype: torch.dtype, fast: bool, tok, wt_seq: str, mutants: list[str],
+                    device: torch.device) -> list[dict]:
+    """Both methods (and, for the fast dtype, the naive baseline) with one model of ``dtype``."""
+    suffix = "" if fast else f" ({str(dtype).removeprefix('torch.')} baseline)"
+    try:
+        model = _model(args, dtype, device)
+    except Exception as err:  # e.g. out of memory: record it and go on with the next dtype
+        log.exception("building the %s model failed", dtype)
+        return [{"case": f"{method}{suffix}", "error": f"{type(err).__name__}: {err}"} for method in zero_shot.METHODS]
+    records = [_run_case(f"{method}{suffix}", lambda: _scoring_case(model, tok, wt_seq, mutants, method, args, device),
+                         device) for method in zero_shot.METHODS]
+    if fast:
+        records.append(_run_case("naive masked (baseline)",
+                                 lambda: _naive_case(model, tok, wt_seq, mutants, args, device), device))
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return records
+
+
+def _print_speedups(records: list[dict]) -> None:
+    """One line per baseline: how many times faster the fast case is."""
+    seconds = {r["case"]: r["seconds_median"] for r in records if "seconds_median" in r}
+    pairs = [("masked-marginal", "naive masked (baseline)")]
+    pairs += [(m, f"{m} (float32 baseline)") for m in zero_shot.METHODS]
+    for fast, slow in pairs:
+        if fast in seconds and slow in seconds:
+            print(f"[{COMMAND}] {fast} is {seconds[slow] / seconds[fast]:.1f}x faster than {slow}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run every case, write the results file and return the records."""
     args = _parser().parse_args(argv)
@@ -146,18 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fast = DTYPES["float32" if args.smoke else args.dtype]
     records = []
     for dtype in dict.fromkeys([fast, torch.float32]):  # the fast dtype, then the fp32 baseline
-        model = _model(args, dtype, device)
-        for method in zero_shot.METHODS:
-            name = method if dtype == fast else f"{method} (fp32 baseline)"
-            records.append(_run_case(name, lambda: _scoring_case(model, tok, wt_seq, mutants, method, args, device),
-                                     device))
-        if dtype == fast:
-            records.append(_run_case("naive masked (baseline)",
-                                     lambda: _naive_case(model, tok, wt_seq, mutants, args, device), device))
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        records += _cases_in_dtype(args, dtype, dtype == fast, tok, wt_seq, mutants, device)
+    _print_speedups(records)
     extra = {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "argv": list(argv or [])}
     records = [r | extra for r in records]
     out = args.out or ("_build/bench-smoke" if args.smoke else None)
@@ -174,9 +196,9 @@ def stored_results(results_dir: str | Path | None = None) -> list[dict]:
     """
     if results_dir is None:
         here = Path.cwd().resolve()
-        roots = [here, *here.parents, Path(__file__).resolve().parents[2]]
-        results_dir = next((r / "book" / "results" / "gpu" for r in roots if (r / "book" / "results" / "gpu").is_dir()),
-                           None)
+        roots = (here, *here.parents, Path(__file__).resolve().parents[2])
+        candidates = [root / "book" / "results" / "gpu" for root in roots]
+        results_dir = next((c for c in candidates if c.is_dir()), None)
         if results_dir is None:
             return []
     records = load_results(f"{COMMAND}-*.json", results_dir)
