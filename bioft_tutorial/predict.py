@@ -82,7 +82,8 @@ def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, 
     model.eval()
     try:
         for indices in token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False)[rank::world]:
-            batch = {k: v.to(device) for k, v in collate(examples.get(indices), model.config.pad_token_id).items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v  # a packed batch also holds ints (max_length_*)
+                     for k, v in collate(examples.get(indices), model.config.pad_token_id).items()}
             labels = batch.pop("labels", None)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**batch).logits.float().cpu()

@@ -354,7 +354,8 @@ def _forward_backward(run: _Run, examples: Examples, batches: list[list[int]], b
     total = torch.zeros((), device=run.device)
     for k, piece in enumerate(pieces):
         batch = run.collate(examples.get(piece), run.model.config.pad_token_id)
-        batch = {key: value.to(run.device, non_blocking=True) for key, value in batch.items()}
+        batch = {key: value.to(run.device, non_blocking=True) if torch.is_tensor(value) else value  # packed: ints too
+                 for key, value in batch.items()}
         if before_forward is not None:
             before_forward(step, batch)
         labels = batch.pop("labels")
