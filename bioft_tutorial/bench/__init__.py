@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {
     # "train": "bioft_tutorial.bench.train_bench:main",        # issue: fast LoRA training (packing, bf16, compile)
     "zero-shot": "bioft_tutorial.bench.zero_shot_bench:main",  # notebook 01 scoring speed
     "loop-vs-trainer": "bioft_tutorial.bench.loop_bench:main",   # issue 4: notebook 03 loop vs HF Trainer
-    # "evo2": "bioft_tutorial.bench.evo2_bench:main",            # issue: notebook 04 Evo 2 scoring speed
+    "evo2": "bioft_tutorial.bench.evo2_bench:main",              # issue 6: notebook 04 Evo 2 scoring speed
 }
 
 
