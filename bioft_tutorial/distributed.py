@@ -1,0 +1,217 @@
+"""Training on several GPUs (or CPU processes) with ``torchrun``: DDP and FSDP2.
+
+``torchrun --nproc_per_node=N script.py`` starts N copies of a script; each reads its rank from the
+environment. Two ways to split the work:
+
+* **DDP** (``DistributedDataParallel``): every process holds the whole model and its own share of the
+  batch; gradients are averaged across processes after the backward pass. Use it when the model fits one
+  GPU (ESM-2 up to 3B with LoRA).
+* **FSDP2** (``torch.distributed.fsdp.fully_shard``, PyTorch >= 2.6): every process holds ``1/N`` of each
+  layer's weights and gathers a layer only while it runs. Use it when the weights do not fit one GPU
+  (ESM-2 15B, or full fine-tuning of 3B).
+
+With either, the global batch is split by rows (:func:`rank_rows`) and the loss is a token **sum** divided
+by the global number of labelled tokens (:func:`token_loss`), so that N processes compute exactly the
+gradient of one process on the whole global batch.
+
+Copy this module with only ``torch`` beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+#: Environment for NCCL on shared multi-GPU hosts: NVLink multicast (NVLS / symmetric memory) stays off.
+SAFE_NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size`` processes, its ``device`` and the backend."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # "nccl", "gloo" or None (single process)
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None, timeout_s: int = 600) -> DistInfo:
+    """Join the process group that ``torchrun`` set up (or return a single-process ``DistInfo``).
+
+    Sets :data:`SAFE_NCCL_ENV` defaults before NCCL starts, picks NCCL on CUDA and gloo on CPU, and binds
+    this process to GPU ``LOCAL_RANK``.
+
+    Args:
+        device: ``"cuda"`` or ``"cpu"``; default CUDA if available.
+        timeout_s: how long a collective may wait for the others before failing, seconds.
+    """
+    for key, value in SAFE_NCCL_ENV.items():
+        os.environ.setdefault(key, value)
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size == 1 and not dist.is_initialized():
+        return DistInfo(device=dev)
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout_s),
+                                device_id=dev if use_cuda else None)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (call once at the end of a ``torchrun`` script)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", *,
+               param_dtype: torch.dtype | None = None, layer_class: str = "EsmLayer") -> nn.Module:
+    """Wrap ``model`` (already on ``info.device``) for data-parallel training.
+
+    Args:
+        model: the model, trainable parameters marked ``requires_grad``.
+        info: from :func:`init_distributed`.
+        strategy: ``"none"``, ``"ddp"`` or ``"fsdp2"``.
+        param_dtype: FSDP2 only: the dtype weights are gathered and computed in (e.g. ``torch.bfloat16``;
+            gradients are still reduced in fp32). ``None`` keeps each weight's own dtype.
+        layer_class: FSDP2 only: class name of the repeated block sharded as one unit.
+
+    Returns:
+        The wrapped model (DDP returns a wrapper; FSDP2 shards ``model`` in place and returns it).
+
+    Raises:
+        ValueError: an unknown strategy, or FSDP2 on a model without ``layer_class`` blocks.
+    """
+    if strategy == "none" or not info.is_distributed:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+    if strategy == "fsdp2":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: shard the HF model
+        blocks = [m for m in root.modules() if type(m).__name__ == layer_class]
+        if not blocks:
+            raise ValueError(f"no {layer_class!r} modules to shard in {type(root).__name__}; pass layer_class")
+        for block in blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(root, mp_policy=policy)
+        return model
+    raise ValueError(f"unknown strategy {strategy!r}; use 'none', 'ddp' or 'fsdp2'")
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on micro-steps before the last one of an accumulation (DDP and FSDP2)."""
+    if enabled:
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def rank_rows(rows: Sequence, info: DistInfo) -> list:
+    """This process's share of a global batch: rows ``rank, rank + N, ...``.
+
+    Raises:
+        ValueError: fewer rows than processes (a process would have nothing to do).
+    """
+    if len(rows) < info.world_size:
+        raise ValueError(f"a global batch of {len(rows)} rows cannot feed {info.world_size} processes; "
+                         "make the global batch at least one row per process")
+    return list(rows[info.rank::info.world_size])
+
+
+def all_reduce_sum(value: float | torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of ``value`` over all processes (returned as a float64 tensor on ``info.device``)."""
+    t = torch.as_tensor(value, dtype=torch.float64, device=info.device).clone()
+    if info.is_distributed:
+        dist.all_reduce(t)
+    return t
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, n_tokens_global: int | torch.Tensor,
+               info: DistInfo) -> torch.Tensor:
+    """Cross-entropy summed over this process's labelled tokens, divided by the global count.
+
+    DDP and FSDP2 *average* gradients over processes, so the result is multiplied by ``world_size``:
+    after the average, the gradient is that of the mean loss over every labelled token of the global
+    batch, whatever the split of tokens between processes and micro-steps.
+
+    Args:
+        logits: ``(..., C)`` scores.
+        labels: ``(...)`` class ids, ``-100`` where nothing is learned.
+        n_tokens_global: labelled tokens of the whole global batch (all processes, all micro-steps).
+        info: from :func:`init_distributed`.
+
+    Returns:
+        Scalar tensor: ``sum(CE) * world_size / n_tokens_global`` (nats per token after averaging).
+    """
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
+                            ignore_index=-100, reduction="sum")
+    return total * (info.world_size / float(n_tokens_global))
+
+
+def interconnect() -> dict:
+    """How the GPUs of this host are linked, as detected.
+
+    Returns:
+        ``{"gpu_count", "p2p" (GPU 0 can read GPU 1's memory), "link" (the GPU0-GPU1 entry of
+        ``nvidia-smi topo -m``: ``NV<n>`` = NVLink with n links, ``PIX``/``PXB``/``PHB``/``NODE``/``SYS`` =
+        PCIe paths), "topology" (the matrix text)}``; fields are ``None`` where unknown.
+    """
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    info = {"gpu_count": count, "p2p": None, "link": None, "topology": None}
+    if count >= 2:
+        info["p2p"] = bool(torch.cuda.can_device_access_peer(0, 1))
+    try:
+        text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return info
+    info["topology"] = text.strip() or None
+    info["link"] = parse_topology(text)
+    return info
+
+
+def parse_topology(text: str) -> str | None:
+    """The GPU0-to-GPU1 link in the text of ``nvidia-smi topo -m`` (e.g. ``"NV18"``), or ``None``."""
+    for line in text.splitlines():
+        cells = line.split()
+        if cells and cells[0] == "GPU0" and len(cells) > 2 and cells[1] in ("X", "x"):
+            return cells[2]
+    return None

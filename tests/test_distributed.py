@@ -1,0 +1,113 @@
+"""torchrun helpers: 2 CPU processes (gloo) train exactly like 1 process on the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bioft_tutorial import distributed
+from bioft_tutorial.distributed import DistInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGY = """\
+\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
+GPU0\t X \tNV18\t0-51\t0\t\tN/A
+GPU1\tNV18\t X \t0-51\t0\t\tN/A
+
+Legend:
+  X    = Self
+"""
+
+
+def _torchrun(nproc: int, out: Path, *extra: str) -> list[dict]:
+    """Run the train-dist smoke bench under torchrun with ``nproc`` CPU processes; return its records."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "bioft_tutorial.bench", "train-dist", "--smoke", "--out", str(out), *extra]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = out.glob("train-dist-smoke-*.json")
+    return json.loads(path.read_text())["results"]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """DDP (650M case) and FSDP2 (3B case), tiny model in fp32: same loss curve as 1 process, global batch 2 rows."""
+    two = _torchrun(2, tmp_path / "two")
+    one = _torchrun(1, tmp_path / "one", "--global-rows", "2")
+    assert [r["strategy"] for r in two] == ["ddp", "fsdp2"]
+    for r2, r1 in zip(two, one):
+        assert "error" not in r2 and "error" not in r1, (r2.get("error"), r1.get("error"))
+        assert r2["world_size"] == 2 and r1["world_size"] == 1 and r2["global_rows"] == r1["global_rows"] == 2
+        assert len(r2["loss_curve"]) == 3
+        assert r2["loss_curve"] == pytest.approx(r1["loss_curve"], abs=1e-5)
+        assert r2["loss_curve"] == pytest.approx(r2["loss_curve_single"], abs=1e-5)  # rank 0 alone, same job
+        assert r2["loss_curve"][0] != r2["loss_curve"][-1]  # the weights did change
+        assert r2["tokens_per_s"] > 0 and r2["single_gpu_tokens_per_s"] > 0
+
+
+def test_token_loss_makes_the_average_a_global_mean():
+    """Two processes' scaled losses, averaged (as DDP does), equal the mean over all tokens of both."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 7, 3), torch.randint(0, 3, (2, 7))
+    labels[0, :2] = -100
+    n = int((labels != -100).sum())
+    ranks = [distributed.token_loss(logits[r], labels[r], n, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    expected = F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close((ranks[0] + ranks[1]) / 2, expected)
+    alone = distributed.token_loss(logits, labels, n, DistInfo())
+    torch.testing.assert_close(alone, expected)
+
+
+def test_rank_rows():
+    rows = list("abcde")
+    assert distributed.rank_rows(rows, DistInfo(rank=1, world_size=2)) == ["b", "d"]
+    assert distributed.rank_rows(rows, DistInfo()) == rows
+    with pytest.raises(ValueError, match="at least one row per process"):
+        distributed.rank_rows(rows[:1], DistInfo(rank=0, world_size=2))
+
+
+def test_parse_topology():
+    assert distributed.parse_topology(TOPOLOGY) == "NV18"
+    assert distributed.parse_topology("GPU0\t X \tPHB\nGPU1\tPHB\t X \n") == "PHB"
+    assert distributed.parse_topology("no GPUs") is None
+
+
+def test_init_single_process_sets_safe_nccl_env(monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCH_SYMM_MEM_DISABLE_MULTICAST"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    info = distributed.init_distributed("cpu")
+    assert info == DistInfo() and info.is_main and not info.is_distributed
+    assert os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+    monkeypatch.delenv("TORCH_SYMM_MEM_DISABLE_MULTICAST")
+
+
+def test_wrap_model_errors_and_single_process_passthrough():
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap_model(model, DistInfo(), "ddp") is model
+    with pytest.raises(ValueError, match="strategy"):
+        distributed.wrap_model(model, DistInfo(world_size=2), "zero3")
+    with pytest.raises(ValueError, match="EsmLayer"):
+        distributed.wrap_model(model, DistInfo(world_size=2), "fsdp2")
+
+
+def test_gradient_sync_uses_no_sync():
+    calls = []
+
+    class FakeDDP(torch.nn.Module):
+        def no_sync(self):
+            calls.append("no_sync")
+            return torch.no_grad()  # any context manager
+
+    with distributed.gradient_sync(FakeDDP(), enabled=False):
+        pass
+    with distributed.gradient_sync(FakeDDP(), enabled=True):
+        pass
+    assert calls == ["no_sync"]
