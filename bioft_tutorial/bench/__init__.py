@@ -14,7 +14,8 @@ import importlib
 import sys
 
 COMMANDS: dict[str, str] = {
-    # "train": "bioft_tutorial.bench.train_bench:main",        # issue: fast LoRA training (packing, bf16, compile)
+    "train": "bioft_tutorial.bench.train_bench:main",          # issue 5: fast LoRA training (packing, bf16, compile)
+    "train-dist": "bioft_tutorial.bench.train_dist_bench:main",  # issue 5/9: DDP and FSDP2 under torchrun
     "zero-shot": "bioft_tutorial.bench.zero_shot_bench:main",  # notebook 01 scoring speed
     "loop-vs-trainer": "bioft_tutorial.bench.loop_bench:main",   # issue 4: notebook 03 loop vs HF Trainer
     "evo2": "bioft_tutorial.bench.evo2_bench:main",              # issue 6: notebook 04 Evo 2 scoring speed

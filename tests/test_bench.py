@@ -1,0 +1,125 @@
+"""The train bench: CPU smoke run, its record schema, batching, FLOP accounting and case selection."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bioft_tutorial import packing
+from bioft_tutorial.bench import COMMANDS, results, train_bench
+from bioft_tutorial.models import esm2_config, tiny_esm2_config
+
+REQUIRED = ("gpu", "torch", "transformers", "date", "model", "method", "path", "tokens_per_s", "step_s",
+            "pad_fraction", "peak_mem_gib", "mfu", "compile_s")
+
+
+@pytest.fixture(scope="module")
+def smoke_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu")
+    return train_bench.main(["--smoke", "--out", str(out)]), out
+
+
+def test_registered():
+    assert COMMANDS["train"] == "bioft_tutorial.bench.train_bench:main"
+    assert COMMANDS["train-dist"] == "bioft_tutorial.bench.train_dist_bench:main"
+
+
+def test_smoke_run_writes_one_file_with_every_field(smoke_records):
+    records, out = smoke_records
+    (path,) = out.glob("train-smoke-*.json")  # one file per run, rewritten after each case
+    stored = json.loads(path.read_text())
+    assert stored["command"] == "train" and len(stored["results"]) == len(records) == 9
+    for r in stored["results"]:
+        assert "error" not in r, r
+        assert r["smoke"] is True and r["model"] == "tiny"
+        if r["path"] == "numerics":
+            continue
+        assert all(k in r for k in REQUIRED), sorted(set(REQUIRED) - set(r))
+        assert r["tokens_per_s"] > 0 and 0 <= r["pad_fraction"] < 1
+    by_case = {r["case"]: r for r in stored["results"]}
+    assert by_case["650M-package"]["baseline_tokens_per_s"] == by_case["650M-naive"]["tokens_per_s"]
+    assert by_case["650M-full-package"]["baseline_tokens_per_s"] == by_case["650M-full-naive"]["tokens_per_s"]
+    assert by_case["650M-package"]["pad_fraction"] < 0.05 < by_case["650M-naive"]["pad_fraction"]
+    assert by_case["3B-package"]["checkpointing"] is True
+    assert results.load_results("train-smoke-*.json", out)[0]["file"] == path.name
+
+
+def test_smoke_numerics_packed_fp32_matches(smoke_records):
+    (num,) = [r for r in smoke_records[0] if r["path"] == "numerics"]
+    assert num["loss_rel_diff_packed_fp32"] < 1e-5 and num["grad_rel_diff_packed_fp32"] < 1e-5
+    assert num["grad_rel_diff_packed_bf16"] < 0.1 and num["attention_backend"] == "sdpa"
+
+
+def test_list_and_select(capsys):
+    assert train_bench.main(["--list", "--cases", "650M-*"]) == []
+    assert "650M-package" in capsys.readouterr().out
+    names = [c.name for c in train_bench.select_cases("650M-package,3B-*")]
+    assert names == ["650M-package", "3B-package", "3B-naive", "3B-bf16", "3B-package-nockpt"]
+    assert [c.name for c in train_bench.select_cases("all", model="15B")] == ["15B-packed"]
+    assert len({c.name for c in train_bench.CASES}) == len(train_bench.CASES)
+    with pytest.raises(SystemExit, match="no case matches"):
+        train_bench.select_cases("70B-*")
+
+
+def test_protein_lengths_like_real_proteins():
+    lengths = train_bench.protein_lengths(20_000, seed=3)
+    assert np.array_equal(lengths, train_bench.protein_lengths(20_000, seed=3))
+    assert 285 <= np.median(lengths) <= 315 and lengths.max() == 1022 and lengths.min() >= 30
+
+
+def test_batches_respect_the_token_budget():
+    chains = train_bench.random_chains(train_bench.protein_lengths(600, seed=0), seed=0)
+    for batch in train_bench.make_batches(chains, "bucketed", 8192, 10):
+        assert batch["input_ids"].numel() <= 8192
+    packed = train_bench.make_batches(chains, "packed", 8192, 10)
+    assert len(packed) == 10
+    for batch in packed:
+        assert batch["input_ids"].shape == (1, 8192)
+        assert batch["cu_seq_lens_q"].numel() == train_bench.packed_max_chains(8192) + 1
+        stats = train_bench.batch_stats(batch)
+        assert stats["real"] == int((batch["input_ids"] != 1).sum()) > 0.95 * 8192
+    naive = train_bench.make_batches(chains, "naive", 0, 3)
+    assert [b["input_ids"].shape for b in naive] == [(2, 1024)] * 3
+
+
+def test_matmul_params_counts_the_encoder_linear_weights():
+    from transformers import EsmModel
+
+    with torch.device("meta"):
+        model = EsmModel(esm2_config("650M"))
+    counted = sum(m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    assert train_bench.matmul_params("650M") == counted
+    assert 640e6 < counted < 660e6
+
+
+def test_step_flops_by_hand():
+    stats = {"real": 1000, "sq": 2 * 500 ** 2}
+    n = train_bench.matmul_params("tiny")
+    config = tiny_esm2_config()
+    attention = 12 * 2 * 500 ** 2 * config.hidden_size * config.num_hidden_layers
+    assert train_bench.step_flops("tiny", "lora", stats) == 4 * n * 1000 + attention
+    assert train_bench.step_flops("tiny", "full", stats) == 6 * n * 1000 + attention
+
+
+def test_peak_tflops_names():
+    assert train_bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert train_bench.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert train_bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert train_bench.peak_tflops("cpu") is None
+
+
+def test_batch_stats_packed_equals_padded():
+    chains = train_bench.random_chains(np.array([5, 30, 12]), seed=1)
+    padded, packed = packing.collate_padded(chains), packing.collate_packed(chains, pad_to=128)
+    a, b = train_bench.batch_stats(padded), train_bench.batch_stats(packed)
+    assert (a["real"], a["sq"], a["labelled"]) == (b["real"], b["sq"], b["labelled"])
+    assert (a["real"], a["sq"]) == (53, 7 ** 2 + 32 ** 2 + 14 ** 2)
+    assert a["total"] == 3 * 32 and b["total"] == 128
+
+
+def test_gpu_only_without_smoke(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        train_bench.main(["--cases", "650M-naive"])
