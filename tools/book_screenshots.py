@@ -40,7 +40,7 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe",
 )
 WIDTH, HEIGHT = 1280, 900  # a laptop screen: the sidebar and the page body both show
-MAX_SHOT_HEIGHT = 16000  # px; Chromium's capture limit is ~16k
+MAX_SHOT_HEIGHT = 12000  # px per PNG; taller pages are cut into several (Chromium's limit is ~16k)
 
 #: Resolves when the page has loaded, MathJax has typeset, images have loaded (or failed) and fonts are ready.
 READY_JS = """(async () => {
@@ -227,23 +227,30 @@ class Chromium:
             raise ChromiumError(f"JavaScript error: {details.get('exception', {}).get('description', details)}")
         return result["result"].get("value")
 
-    def screenshot(self, path: Path, full_page: bool = True) -> Path:
-        """Write a PNG of the page: the whole scrollable height (capped at :data:`MAX_SHOT_HEIGHT`), taken by
-        making the window as tall as the page, as a reader scrolling down would see it."""
-        height = self.height
-        if full_page:
-            height = int(self.evaluate("document.documentElement.scrollHeight"))
-            height = max(self.height, min(height, MAX_SHOT_HEIGHT))
+    def screenshot(self, path: Path, full_page: bool = True) -> list[Path]:
+        """Write PNGs of the page, as a reader scrolling down would see it: the window is made as tall as the
+        page (so nothing is re-laid out), in tiles of at most :data:`MAX_SHOT_HEIGHT` px (``name.png``,
+        ``name-2.png``, ...). Returns the paths written."""
+        total = int(self.evaluate("document.documentElement.scrollHeight")) if full_page else self.height
+        height = max(self.height, min(total, MAX_SHOT_HEIGHT))
         metrics = {"width": self.width, "deviceScaleFactor": 1, "mobile": False}
         self.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": height}, session=True)
+        written = []
         try:
-            self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-            shot = self.send("Page.captureScreenshot", {"format": "png"}, session=True)
+            for i, top in enumerate(range(0, max(total, 1), height)):
+                self.evaluate(f"window.scrollTo(0, {top}); "
+                              "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+                shot = self.send("Page.captureScreenshot", {"format": "png"}, session=True)
+                tile = path if i == 0 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
+                tile.parent.mkdir(parents=True, exist_ok=True)
+                tile.write_bytes(b64decode(shot["data"]))
+                written.append(tile)
+                if not full_page:
+                    break
         finally:
+            self.evaluate("window.scrollTo(0, 0)")
             self.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": self.height}, session=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b64decode(shot["data"]))
-        return path
+        return written
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -286,7 +293,9 @@ def shot_name(page: str) -> str:
 
 
 def take_screenshots(html_dir: Path, out_dir: Path) -> list[Path]:
-    """Write a full-page PNG of every page of the book built in ``html_dir`` to ``out_dir``; returns the paths."""
+    """Write full-page PNGs of every page of the book built in ``html_dir`` to ``out_dir``; returns the paths.
+
+    Old PNGs in ``out_dir`` are removed first, so the folder shows exactly the current book."""
     html_dir, out_dir = Path(html_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
@@ -295,7 +304,7 @@ def take_screenshots(html_dir: Path, out_dir: Path) -> list[Path]:
     with serve(html_dir) as base, Chromium() as browser:
         for page in book_pages(html_dir):
             browser.goto(base + page)
-            written.append(browser.screenshot(out_dir / shot_name(page)))
+            written += browser.screenshot(out_dir / shot_name(page))
     return written
 
 

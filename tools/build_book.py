@@ -43,11 +43,14 @@ def executed_path(source: Path) -> Path:
 
 
 def is_fresh(source: Path, profile: str) -> bool:
-    """True if an executed copy exists, is newer than ``source`` and the package, and used ``profile``."""
+    """True if an executed copy exists, is newer than ``source``, the package and the stored GPU results
+    (pages render them), and used ``profile``."""
     target = executed_path(source)
     if not target.exists():
         return False
-    package_mtime = max(p.stat().st_mtime for p in (ROOT / "bioft_tutorial").rglob("*.py"))
+    results = ROOT / "book" / "results"  # folders included: their mtime changes when a file is added or removed
+    inputs = [*(ROOT / "bioft_tutorial").rglob("*.py"), *([results, *results.rglob("*")] if results.is_dir() else [])]
+    package_mtime = max(p.stat().st_mtime for p in inputs)
     if target.stat().st_mtime < max(source.stat().st_mtime, package_mtime):
         return False
     nb = nbformat.read(target, as_version=4)
@@ -82,6 +85,9 @@ def stage(notebooks: list[Path]) -> None:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, SRC / name)
     shutil.copytree(ROOT / "book", SRC / "book")
+    for page in (SRC / "book").glob("*.md"):  # pages executed at build time (setup.md reads book/results/gpu)
+        if "execution_mode: force" in page.read_text().split("\n---", 1)[0]:
+            page.touch()  # so that Sphinx re-reads and re-executes them even when only the results changed
     for nb in notebooks:
         dest = SRC / nb.relative_to(ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
