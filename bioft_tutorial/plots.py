@@ -91,3 +91,61 @@ def score_scatter(x: np.ndarray, y: np.ndarray, *, ax=None, xlabel: str = "", yl
         ax.text(0.03, 0.97, annotation, transform=ax.transAxes, va="top", fontsize=8,
                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
     return ax.figure
+
+
+def strip_by_group(values, groups, order=None, *, hue=None, colors: dict[str, str] | None = None, ax=None,
+                   ylabel: str = "", title: str = "", size: float = 3.0, seed: int = 0):
+    """A strip plot: one column of jittered points per group, a black bar at each group's median.
+
+    Args:
+        values: one number per point (NaN points are dropped).
+        groups: the group of each point (the columns, in ``order``; default sorted).
+        hue: optional second label per point that picks its colour from ``colors`` (default: one colour per group).
+        colors: ``{group or hue value: colour}``.
+
+    Returns:
+        The figure (a new one unless ``ax`` is given).
+    """
+    values, groups = np.asarray(values, dtype=float), np.asarray(groups).astype(str)
+    order = list(order) if order is not None else sorted(set(groups))
+    hue = None if hue is None else np.asarray(hue).astype(str)
+    colors = colors or {}
+    if ax is None:
+        fig, ax = new_figure(max(4.0, 0.9 * len(order) + 1.5), 4.0)
+    jitter = np.random.default_rng(seed).uniform(-0.3, 0.3, len(values))
+    for i, name in enumerate(order):
+        keep = (groups == name) & np.isfinite(values)
+        point_colors = ([colors.get(h, "grey") for h in hue[keep]] if hue is not None
+                        else colors.get(name, f"C{i}"))
+        ax.scatter(i + jitter[keep], values[keep], s=size, alpha=0.5, linewidths=0, c=point_colors)
+        if keep.any():
+            ax.hlines(np.median(values[keep]), i - 0.38, i + 0.38, color="black", lw=1.5, zorder=3)
+    ax.set_xticks(range(len(order)), [f"{n}\n(n={(groups == n).sum():,})" for n in order], fontsize=8)
+    if hue is not None:
+        for name in dict.fromkeys(hue):
+            ax.scatter([], [], s=12, c=colors.get(name, "grey"), label=name)
+        ax.legend(frameon=False, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    return ax.figure
+
+
+def roc_curves(labels, scores: dict, *, ax=None, title: str = ""):
+    """ROC curves of several scores of the same binary ``labels`` (1 = positive); AUROC in the legend.
+
+    ``scores`` maps a legend name to one score per label (higher = more likely positive); NaN scores are
+    dropped for that curve only.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels = np.asarray(labels).astype(int)
+    if ax is None:
+        fig, ax = new_figure(4.6, 4.2)
+    for name, score in scores.items():
+        score = np.asarray(score, dtype=float)
+        keep = np.isfinite(score)
+        fpr, tpr, _ = roc_curve(labels[keep], score[keep])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {roc_auc_score(labels[keep], score[keep]):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance (0.5)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return ax.figure

@@ -25,7 +25,7 @@ This package depends only on numpy, pandas, torch, tqdm and pyfaidx (plus ``tran
 :class:`HFCausalLM` and ``evo2`` for :class:`Evo2LM`, imported when used).
 """
 from .cache import WindowCache
-from .checks import PROBLEMS, check_variants, describe_problems, raise_for_problems
+from .checks import PROBLEMS, check_variants, describe_problems, problem_report, raise_for_problems
 from .evo2_backend import Evo2LM
 from .genome import Contig, Genome, VariantError, as_genome, canonical_contig, parse_region_id
 from .io import (parse_vcf, read_findlay_xlsx, read_variants_csv, read_vcf, standardize_variants,
@@ -40,7 +40,7 @@ __all__ = [
     "Contig", "DEFAULT_WINDOW", "DNALanguageModel", "Evo2LM", "Genome", "HFCausalLM", "KmerModel", "PROBLEMS",
     "SCORE_COLUMNS", "TinyCausalTransformer", "TinyDNALM", "TorchCausalLM", "VariantError", "VariantWindow",
     "WindowCache", "as_genome", "batches_with_oom_retry", "canonical_contig", "check_variants",
-    "describe_problems", "encode_bases", "is_out_of_memory", "outside", "parse_region_id", "parse_vcf",
+    "describe_problems", "encode_bases", "problem_report", "is_out_of_memory", "outside", "parse_region_id", "parse_vcf",
     "perplexity", "raise_for_problems", "read_findlay_xlsx", "read_variants_csv", "read_vcf", "reverse_complement",
     "score_variants", "standardize_variants", "substitute", "token_log_probs", "variant_window", "window_bounds",
     "write_vcf",

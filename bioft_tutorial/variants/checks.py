@@ -104,20 +104,21 @@ def _bases(genome: Genome, chrom: str, pos: np.ndarray) -> np.ndarray:
 
 
 def _hints(genome: Genome, bad: pd.DataFrame, n_checked: int) -> str:
-    """Why REF might disagree: another build, 0-based positions, or minus-strand alleles."""
+    """Why REF might disagree: 0-based positions, minus-strand alleles, or (failing those) another build."""
     hints = []
-    if len(bad) >= max(3, 0.2 * n_checked):
+    if len(bad) >= 3:
+        for shift, what in ((1, "0-based (add 1 to pos)"), (-1, "shifted by +1 (subtract 1 from pos)")):
+            hits = sum(_base_or_none(genome, r.chrom, int(r.pos) + shift) == r.ref for r in bad.itertuples())
+            if hits > 0.8 * len(bad):
+                hints.append(f"the REF alleles match the genome one base over: positions look {what}")
+        flipped = sum(reverse_complement(r.ref) == r.detail[-1:] for r in bad.itertuples())
+        if flipped > 0.8 * len(bad):
+            hints.append("the REF alleles are the complement of the genome's bases: alleles look like they are "
+                         "given on the minus strand; VCF alleles are on the + strand of the reference")
+    if not hints and len(bad) >= max(3, 0.2 * n_checked):
         hints.append(f"{len(bad)} of {n_checked} checked REF alleles disagree: the variants and the genome are "
                      "probably from different builds (e.g. GRCh37/hg19 vs GRCh38/hg38); use the FASTA of the build "
                      "the variants were called on")
-    for shift, what in ((1, "0-based (add 1 to pos)"), (-1, "shifted by +1 (subtract 1 from pos)")):
-        hits = sum(_base_or_none(genome, r.chrom, int(r.pos) + shift) == r.ref for r in bad.itertuples())
-        if len(bad) >= 3 and hits > 0.8 * len(bad):
-            hints.append(f"the REF alleles match the genome one base over: positions look {what}")
-    flipped = sum(reverse_complement(r.ref) == r.detail[-1:] for r in bad.itertuples())
-    if len(bad) >= 3 and flipped > 0.8 * len(bad):
-        hints.append("the REF alleles are the complement of the genome's bases: alleles look like they are given "
-                     "on the minus strand; VCF alleles are on the + strand of the reference")
     return "".join(f"\n  hint: {h}" for h in hints)
 
 
@@ -148,10 +149,14 @@ def describe_problems(genome: Genome, problems: pd.DataFrame, n_variants: int, s
     return "\n".join(lines)
 
 
-def raise_for_problems(genome: Genome, variants: pd.DataFrame, problems: pd.DataFrame) -> None:
-    """Raise one :class:`~.genome.VariantError` describing ``problems`` (a no-op when there are none)."""
-    if problems.empty:
-        return
+def problem_report(genome: Genome, variants: pd.DataFrame, problems: pd.DataFrame) -> str:
+    """:func:`describe_problems` with the source and row label (``line`` or ``row``) taken from ``variants``."""
     source = variants.attrs.get("source", "variants table")
     label = variants.index.name if variants.index.name in ("line", "row") else "row"
-    raise VariantError(describe_problems(genome, problems, len(variants), source, label))
+    return describe_problems(genome, problems, len(variants), source, label)
+
+
+def raise_for_problems(genome: Genome, variants: pd.DataFrame, problems: pd.DataFrame) -> None:
+    """Raise one :class:`~.genome.VariantError` describing ``problems`` (a no-op when there are none)."""
+    if not problems.empty:
+        raise VariantError(problem_report(genome, variants, problems))

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import WindowCache
-from .checks import check_variants, describe_problems, raise_for_problems
+from .checks import check_variants, problem_report, raise_for_problems
 from .genome import Genome, as_genome
 from .io import standardize_variants
 from .windows import DEFAULT_WINDOW, reverse_complement, substitute, window_bounds
@@ -113,8 +113,7 @@ def score_variants(lm, genome: Genome | str | Path | Mapping[str, str], variants
     if on_invalid == "raise":
         raise_for_problems(genome, variants, problems)
     elif not problems.empty:
-        logger.warning(describe_problems(genome, problems, len(variants),
-                                         variants.attrs.get("source", "variants table")))
+        logger.warning(problem_report(genome, variants, problems))
     plan = _plan(genome, standardize_variants(variants), set(problems["position"]), window)
     cache = WindowCache(cache_dir, getattr(lm, "cache_key", lm.name)) if cache_dir is not None else None
     scores, stats = _score_plan(lm, plan, reverse_complement, cache, batch_size or getattr(lm, "batch_size", 8),
