@@ -375,7 +375,7 @@ def encode_protein(sequence: str, vocab: dict[str, int], source: str = "sequence
 
 
 def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int = MAX_RESIDUES,
-                                 overlap: int = 256):
+                                 overlap: int = 256, as_dataset: bool = True):
     """Token-classification examples for ESM-2 from :func:`load_flip_secondary_structure` rows.
 
     Each chain becomes one example, or several for chains longer than ``max_residues`` (see
@@ -388,11 +388,9 @@ def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int 
         tokenizer: an ESM-2 tokenizer (``get_vocab()``, ``cls_token_id``, ``eos_token_id``).
 
     Returns:
-        ``datasets.Dataset`` with ``id``, ``crop_start`` (0-based residue offset), ``input_ids``
-        (``length + 2`` ints) and ``labels`` (same length).
+        ``datasets.Dataset`` (or, with ``as_dataset=False``, a list of dicts) with ``id``, ``crop_start``
+        (0-based residue offset), ``input_ids`` (``length + 2`` ints) and ``labels`` (same length).
     """
-    from datasets import Dataset
-
     vocab, class_id = tokenizer.get_vocab(), {c: i for i, c in enumerate(SS_LABELS)}
     rows: dict[str, list] = {"id": [], "crop_start": [], "input_ids": [], "labels": []}
     for row in df.itertuples(index=False):
@@ -404,6 +402,10 @@ def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int 
             rows["crop_start"].append(start)
             rows["input_ids"].append([tokenizer.cls_token_id, *ids[start:end], tokenizer.eos_token_id])
             rows["labels"].append([IGNORE_INDEX, *labels, IGNORE_INDEX])
+    if not as_dataset:
+        return [dict(zip(rows, values)) for values in zip(*rows.values())]
+    from datasets import Dataset
+
     return Dataset.from_dict(rows)
 
 

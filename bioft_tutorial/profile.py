@@ -46,6 +46,7 @@ class Profile:
     dna_window: int
     dna_batch_size: int
     seed: int = 0
+    trainer_max_steps: int = 40  # notebook 03: steps of the Hugging Face Trainer comparison
 
     def as_dict(self) -> dict:
         """Plain dict, e.g. for a notebook's parameter table."""
@@ -102,14 +103,15 @@ _SMOKE = Profile(
     ss_eval_chains=200,
     dms_max_mutants=1200,
     brca1_max_variants=None,
-    max_steps=400,
-    dms_max_steps=150,
+    max_steps=150,
+    dms_max_steps=40,
     token_budget=4096,
-    eval_every=100,
+    eval_every=50,
     learning_rate=2e-3,
     lora_learning_rate=2e-3,
     dna_window=8192,
     dna_batch_size=16,
+    trainer_max_steps=40,
 )
 
 _FULL = Profile(
@@ -131,6 +133,7 @@ _FULL = Profile(
     lora_learning_rate=5e-4,
     dna_window=8192,
     dna_batch_size=8,
+    trainer_max_steps=500,
 )
 
 

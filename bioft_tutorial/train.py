@@ -407,7 +407,7 @@ def _evaluate_and_keep_best(run: _Run, eval_set: Examples, state: dict, config: 
         if run.rank == 0:
             ckpt.save_checkpoint(best_dir, ckpt.trainable_tensors(run.model), {"step": state["step"], "scores": scores})
             if hasattr(run.model, "peft_config"):  # a plain adapter folder for PeftModel.from_pretrained
-                run.model.save_pretrained(str(best_dir / "adapter"))
+                run.model.save_pretrained(str(best_dir / "adapter"), save_embedding_layers=False)
     else:
         state["bad_evals"] += 1
     return {f"eval_{k}": v for k, v in scores.items()}

@@ -72,9 +72,10 @@ def _package_case(args, examples, device) -> dict:
         result = train.train(model, examples, None, config)
     timed = result.history.iloc[args.warmup:]
     seconds = float((timed["tokens"] / timed["tokens_per_s"]).sum())
-    plan = data.token_budget_batches([len(x) for x in examples["input_ids"]], args.token_budget, seed=0)
-    padded = sum(len(b) * max(len(examples[i]["input_ids"]) for i in b) for b in plan)
-    real = sum(len(x) for x in examples["input_ids"])
+    lengths = np.array([len(e["input_ids"]) for e in examples])
+    plan = data.token_budget_batches(lengths, args.token_budget, seed=0)
+    padded = sum(len(b) * lengths[b].max() for b in plan)
+    real = lengths.sum()
     return {"tokens_per_s": float(timed["tokens"].sum()) / seconds, "step_s": seconds / len(timed),
             "pad_fraction": 1 - real / padded, "final_loss": float(result.history["loss"].iloc[-1]),
             "precision": "bf16 autocast, frozen base bf16" if device.type == "cuda" else "fp32",
@@ -107,7 +108,7 @@ def _trainer_case(args, examples, device) -> dict:
             learning_rate=5e-4, warmup_steps=min(10, args.warmup), lr_scheduler_type="cosine",
             bf16=device.type == "cuda", use_cpu=device.type == "cpu", eval_strategy="no", save_strategy="no",
             logging_strategy="no", report_to="none", train_sampling_strategy="group_by_length",
-            length_column_name="length", remove_unused_columns=False, label_names=["labels"],
+            remove_unused_columns=False, label_names=["labels"],
             dataloader_num_workers=0, disable_tqdm=True, seed=0)
         trainer = Trainer(model=model, args=targs, train_dataset=examples, data_collator=collate,
                           processing_class=tokenizer, callbacks=[StepTimer()])
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{COMMAND}: no CUDA device; run with --smoke on a CPU")
     chains = data.load_flip_secondary_structure("train", max_chains=args.chains, seed=0)
-    examples = data.secondary_structure_examples(chains, models.load_tokenizer())
-    examples = examples.add_column("length", [len(x) for x in examples["input_ids"]])
+    # a list of dicts: the GPU host needs no `datasets`; Trainer's length grouping reads len(input_ids)
+    examples = data.secondary_structure_examples(chains, models.load_tokenizer(), as_dataset=False)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = set(names) - set(CASES)
     if unknown:
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ok["package loop"]["baseline_tokens_per_s"] = ok["hf-trainer"]["tokens_per_s"]
         ok["package loop"]["speedup_vs_trainer"] = ok["package loop"]["tokens_per_s"] / ok["hf-trainer"]["tokens_per_s"]
     extra = {"chains": len(chains), "examples": len(examples), "smoke": args.smoke,
-             "mean_tokens_per_chain": float(np.mean(examples["length"])), "argv": list(argv or [])}
+             "mean_tokens_per_chain": float(np.mean([len(e["input_ids"]) for e in examples])),
+             "argv": list(argv or [])}
     records = [r | extra for r in records]
     path = write_results(COMMAND, records, args.out or ("_build/bench-smoke" if args.smoke else None), tag=args.tag)
     print(json.dumps({"wrote": str(path)}), flush=True)
