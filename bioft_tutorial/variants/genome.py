@@ -102,7 +102,7 @@ class Genome:
         starts: ``{record_id: 1-based chromosome position of the record's first base}`` for region
             records whose id does not say it (see the module docstring). Default: parsed from
             ``name:start-end`` ids, else 1.
-        aliases: extra names, ``{alias: contig name}``, e.g. ``{"17": "NC_000017.10"}``.
+        aliases: extra names, ``{alias: contig name or record id}``, e.g. ``{"17": "NC_000017.10"}``.
         index_dir: where to keep the ``.fai`` index. Default: beside the FASTA (like ``samtools faidx``)
             when that folder is writable, else a folder under the system temp directory.
 
@@ -126,10 +126,11 @@ class Genome:
         if not lengths:
             raise VariantError(f"{self.label}: no sequences; give a FASTA with at least one record")
         self.contigs = _place_records(lengths, dict(starts or {}), self.label)
-        self.aliases = {str(k): str(v) for k, v in (aliases or {}).items()}
+        by_record = {c.record: name for name, c in self.contigs.items()}
+        self.aliases = {str(k): by_record.get(str(v), str(v)) for k, v in (aliases or {}).items()}
         for alias, target in self.aliases.items():
             if target not in self.contigs:
-                raise VariantError(f"alias {alias!r} -> {target!r}: no contig {target!r} in {self.label}; "
+                raise VariantError(f"alias {alias!r} -> {target!r}: no contig or record {target!r} in {self.label}; "
                                    f"contigs: {', '.join(self.contigs)}")
         self._canonical: dict[str, list[str]] = {}
         for name in self.contigs:

@@ -52,7 +52,7 @@ def batches_with_oom_retry(fn: Callable[[list], object], items: Sequence, batch_
     """
     start, size = 0, max(1, int(batch_size))
     while start < len(items):
-        chunk = list(items[start:start + size])
+        chunk, failed = list(items[start:start + size]), False
         try:
             result = fn(chunk)
         except Exception as err:  # noqa: BLE001 (re-raised unless it is an OOM)
@@ -62,9 +62,8 @@ def batches_with_oom_retry(fn: Callable[[list], object], items: Sequence, batch_
                 raise RuntimeError(f"out of accelerator memory scoring a single {what}: use a shorter window, "
                                    "a smaller model or a GPU with more memory") from err
             logger.warning("out of memory with a batch of %d %ss; retrying with %d", size, what, size // 2)
-            size //= 2
-            result = None
-        if result is None:
+            size, failed = size // 2, True
+        if failed:  # outside the except block, so the traceback no longer pins the batch's tensors
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
