@@ -99,9 +99,18 @@ def _close_record(records: dict, current: str | None, chunks: list[str], source:
 
 
 def read_fasta(path: str | Path) -> dict[str, str]:
-    """Read a FASTA file (plain or ``.gz``) into ``{id: sequence}``; see :func:`parse_fasta`."""
-    with _open_text(path) as handle:
-        return parse_fasta(handle, source=str(path))
+    """Read a FASTA file (plain or ``.gz``) into ``{id: sequence}``; see :func:`parse_fasta`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: the file is not UTF-8 text or not valid gzip, or one of :func:`parse_fasta`'s errors.
+    """
+    try:
+        with _open_text(path) as handle:
+            return parse_fasta(handle, source=str(path))
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+        raise DataError(f"{path}: not a readable FASTA text file ({type(err).__name__}: {err}); check that it is "
+                        "FASTA, and that a '.gz' name really holds a complete gzip file") from err
 
 
 def read_fasta_headers(path: str | Path) -> dict[str, str]:
@@ -175,6 +184,9 @@ def validate_token_labels(df: pd.DataFrame, source: str, alphabet: str = SS_LABE
         DataError: naming the first bad row's id, the lengths and the offending letters.
     """
     for row in df.itertuples(index=False):
+        if not all(isinstance(x, str) for x in (row.sequence, row.labels, row.mask)):
+            raise DataError(f"{source}: chain {row.id!r} has a missing (non-text) sequence, labels or mask; drop "
+                            "the row or fill it in")
         n = len(row.sequence)
         if len(row.labels) != n or len(row.mask) != n:
             raise DataError(
@@ -183,9 +195,12 @@ def validate_token_labels(df: pd.DataFrame, source: str, alphabet: str = SS_LABE
             )
         bad = set(row.labels) - set(alphabet)
         if bad:
-            raise DataError(f"{source}: chain {row.id!r} has labels {sorted(bad)} outside {alphabet!r}")
+            dssp = " (8-state DSSP: G/I to H, B to E, T/S/- to C)" if alphabet == SS_LABELS else ""
+            raise DataError(f"{source}: chain {row.id!r} has labels {sorted(bad)} outside {alphabet!r}; map them "
+                            f"to {alphabet!r}{dssp}")
         if set(row.mask) - {"0", "1"}:
-            raise DataError(f"{source}: chain {row.id!r} mask has values other than 0/1")
+            raise DataError(f"{source}: chain {row.id!r} mask has values {sorted(set(row.mask) - {'0', '1'})} other "
+                            "than 0/1; write 1 for a resolved residue and 0 for an unresolved one")
 
 
 def blat_wild_type() -> str:
@@ -213,7 +228,7 @@ def load_blat_dms(max_mutants: int | None = None, seed: int = 0) -> pd.DataFrame
 
 def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score") -> pd.DataFrame:
     """Read a ProteinGym-style CSV of single substitutions and check it against ``wt_seq``."""
-    df = pd.read_csv(path)
+    df = _read_table(path)
     missing = {"mutant", score_column} - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
@@ -224,6 +239,10 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score")
     if df[score_column].isna().any():
         row = int(df[score_column].isna().idxmax())
         raise DataError(f"{path}, row {row + 2}, column {score_column!r}: score is NaN; drop or fill such rows first")
+    if not np.isfinite(df[score_column].to_numpy(dtype=float)).all():
+        row = int((~np.isfinite(df[score_column].to_numpy(dtype=float))).argmax())
+        raise DataError(f"{path}, row {row + 2}, column {score_column!r}: score is {df[score_column][row]!r}; "
+                        "scores must be finite numbers: drop or fix such rows first")
     parsed = df["mutant"].astype(str).str.extract(r"^([A-Z])(\d+)([A-Z])$")
     for i in range(len(df)):
         wt, pos, mt = parsed.iloc[i]
@@ -238,6 +257,19 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score")
             )
     df = df.assign(wt_aa=parsed[0], position=parsed[1].astype(int), mt_aa=parsed[2])
     return df
+
+
+def _read_table(path: str | Path) -> pd.DataFrame:
+    """``pd.read_csv`` with file errors turned into :class:`DataError` (naming the file) or FileNotFoundError."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path (relative to {Path.cwd()})")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header line such as 'mutant,DMS_score'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a well-formed CSV ({str(err).strip()}); check the separators and quotes "
+                        "of the line it names (a stray '\"' or an extra comma)") from err
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -391,6 +423,11 @@ def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int 
         ``datasets.Dataset`` (or, with ``as_dataset=False``, a list of dicts) with ``id``, ``crop_start``
         (0-based residue offset), ``input_ids`` (``length + 2`` ints) and ``labels`` (same length).
     """
+    missing = {"id", "sequence", "labels", "mask"} - set(df.columns)
+    if missing:
+        raise DataError(f"secondary-structure table: missing column(s) {sorted(missing)}; found {list(df.columns)}. "
+                        "Give every chain an id, its sequence, one H/E/C label and one 0/1 mask value per residue")
+    validate_token_labels(df, source="secondary-structure table")  # a short label string would shift every label
     vocab, class_id = tokenizer.get_vocab(), {c: i for i, c in enumerate(SS_LABELS)}
     rows: dict[str, list] = {"id": [], "crop_start": [], "input_ids": [], "labels": []}
     for row in df.itertuples(index=False):
@@ -427,14 +464,22 @@ def sequence_regression_examples(df: pd.DataFrame, tokenizer, sequence_column: s
         raise DataError(f"DMS table: missing column(s) {sorted(missing)}; found {list(df.columns)}")
     if scale <= 0:
         raise ValueError(f"scale={scale} must be > 0 (e.g. the standard deviation of the training targets)")
+    targets = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(targets).all():
+        i = int((~np.isfinite(targets)).argmax())
+        raise DataError(f"DMS table, row {i}, column {target_column!r}: {df[target_column].iloc[i]!r} is not a finite "
+                        "number; drop or fix such rows first (a NaN target would make the loss NaN)")
     vocab, input_ids = tokenizer.get_vocab(), []
     for i, seq in enumerate(df[sequence_column]):
+        if not isinstance(seq, str):
+            raise DataError(f"DMS table, row {i}, column {sequence_column!r}: {seq!r} is not a sequence; drop "
+                            "rows without one")
         if len(seq) > MAX_RESIDUES:
             raise DataError(f"DMS table, row {i}: sequence of {len(seq)} residues is longer than {MAX_RESIDUES}; "
                             "crop it around the mutated region first")
         ids = encode_protein(seq, vocab, source=f"DMS table, row {i}")
         input_ids.append([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id])
-    labels = ((df[target_column].to_numpy(dtype=float) - center) / scale).tolist()
+    labels = ((targets - center) / scale).tolist()
     return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
 
 
