@@ -12,14 +12,20 @@ means the model finds the mutant less plausible than the wild type. Two ways to 
 A multi-mutant such as ``"A42G:T50C"`` scores the sum over its substitutions. Positions are 1-based, as in
 ProteinGym. Sequences longer than the model's limit are scored in windows (:func:`window_start`).
 
+Sequences use the upper-case one-letter codes of the ESM-2 vocabulary: the 20 amino acids plus ``X``
+(unknown) and the rare ``B``, ``Z``, ``U``, ``O``. Anything else (lower case, ``*``, gaps ``-``/``.``,
+digits, spaces, ``J``) raises ``ValueError`` naming the character and its position. A CUDA out-of-memory
+error halves the batch and retries, down to one sequence, logging each step.
+
 The module imports nothing from the rest of the package: copy it next to torch, transformers and tqdm.
 """
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +34,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase as Tokenizer
 
+log = logging.getLogger(__name__)
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 #: Residues per window: ESM-2 takes 1,024 tokens, i.e. 1,022 residues plus ``<cls>`` and ``<eos>``
 #: (the same value as ``models.ESM2_MAX_RESIDUES``, repeated so that this module stands alone).
@@ -156,14 +163,21 @@ def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def _residue_ids(tokenizer: Tokenizer, seq: str) -> torch.Tensor:
-    """Token ids of the residues of ``seq``, one per residue, without special tokens: (L,) int64."""
+def _residue_ids(tokenizer: Tokenizer, seq: str, source: str = "sequence") -> torch.Tensor:
+    """Token ids of the residues of ``seq``, one per residue, without special tokens: (L,) int64.
+
+    ``source`` names the sequence in errors (``"wt_seq"``, ``"sequence 3"``).
+    """
+    if not isinstance(seq, str) or not seq:
+        raise ValueError(f"{source} is {'empty' if seq == '' else repr(seq)}; pass a protein sequence as text, "
+                         "e.g. 'MKTAYIAK'")
     ids = tokenizer.convert_tokens_to_ids(list(seq))
-    bad = [i for i, t in enumerate(ids) if t == tokenizer.unk_token_id]
-    if not seq or bad:
-        where = f"{seq[bad[0]]!r} at position {bad[0] + 1}" if bad else "an empty sequence"
-        raise ValueError(f"sequence has {where}, which the tokenizer does not know; use upper-case one-letter "
-                         "amino-acid codes (seq.upper(), X for unknown)")
+    # '-' and '.' are ESM-2 tokens (alignment gaps), but a gap is not a residue of a protein
+    bad = [i for i, (aa, t) in enumerate(zip(seq, ids)) if t == tokenizer.unk_token_id or not aa.isalpha()]
+    if bad:
+        raise ValueError(f"{source} has {seq[bad[0]]!r} at position {bad[0] + 1} (1-based), which is not an amino "
+                         "acid the model knows; use upper-case one-letter codes (seq.upper(), X for unknown) and "
+                         "remove stop codons '*', gaps, digits and spaces")
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -185,6 +199,36 @@ def _aa_log_probs(model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch
     return torch.log_softmax(logits[..., aa_ids].float(), dim=-1)
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(err, oom) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def _with_oom_retry(run: Callable[[int, int], None], n: int, batch_size: int, what: str, bar) -> None:
+    """Call ``run(start, stop)`` over ``range(n)`` in chunks of ``batch_size``; on out-of-memory halve the chunk
+    and retry, down to one item (then re-raise with advice), logging each step down."""
+    start, size = 0, max(1, int(batch_size))
+    while start < n:
+        stop, failed = min(start + size, n), False
+        try:
+            run(start, stop)
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not _is_out_of_memory(err):
+                raise
+            if size == 1:
+                raise torch.cuda.OutOfMemoryError(
+                    f"out of memory with a batch of one {what}: use a smaller max_residues, a smaller model, "
+                    "bfloat16 weights or a GPU with more memory") from err
+            log.warning("out of memory with a batch of %d %ss; retrying with %d", size, what, size // 2)
+            size, failed = size // 2, True
+        if failed:  # outside the except block, so the traceback no longer pins the batch's tensors
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        bar.update(stop - start)
+        start = stop
+
+
 # --- scoring -----------------------------------------------------------------------------------------
 def position_log_probs(
     model: torch.nn.Module, tokenizer: Tokenizer, wt_seq: str, positions: Sequence[int], *, masked: bool,
@@ -204,7 +248,7 @@ def position_log_probs(
         normalised over the 20 amino acids (differences between two amino acids at one position equal
         those under the full 33-token vocabulary).
     """
-    residues = _residue_ids(tokenizer, wt_seq)
+    residues = _residue_ids(tokenizer, wt_seq, "wt_seq")
     if any(not 1 <= p <= len(wt_seq) for p in positions):
         raise ValueError(f"positions must lie in 1..{len(wt_seq)} (1-based); got {list(positions)[:5]}...")
     aa_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(AMINO_ACIDS)))
@@ -212,17 +256,21 @@ def position_log_probs(
     token_of = np.asarray(positions, dtype=int) - np.asarray([r[0] for r in rows], dtype=int)[row_of]
     out = np.empty((len(positions), len(AMINO_ACIDS)))
     width = min(len(wt_seq), max_residues)
-    with _inference(model) as device:
+    with _inference(model) as device, tqdm(total=len(rows), desc="forward passes", unit="sequence",
+                                            disable=not progress) as bar:
         residues, aa_ids = residues.to(device), aa_ids.to(device)
-        for b0 in tqdm(range(0, len(rows), batch_size), desc="forward passes", unit="batch", disable=not progress):
-            chunk = rows[b0:b0 + batch_size]
+
+        def run(b0: int, b1: int) -> None:
+            chunk = rows[b0:b1]
             batch = torch.stack([residues[start:start + width] for start, _ in chunk])
             if masked:
                 batch[torch.arange(len(chunk)), torch.tensor([m for _, m in chunk])] = tokenizer.mask_token_id
             log_probs = _aa_log_probs(model, tokenizer, _with_specials(tokenizer, batch), aa_ids)
-            sel = np.flatnonzero((row_of >= b0) & (row_of < b0 + len(chunk)))
+            sel = np.flatnonzero((row_of >= b0) & (row_of < b1))
             index = torch.as_tensor(np.stack([row_of[sel] - b0, token_of[sel]]), device=device)
             out[sel] = log_probs[index[0], index[1]].double().cpu().numpy()
+
+        _with_oom_retry(run, len(rows), batch_size, "sequence", bar)
     return out
 
 
@@ -249,12 +297,15 @@ def score_substitutions(
         ``(len(mutants),)`` float64 scores in nats; higher = more plausible than the wild type.
 
     Raises:
-        ValueError: an unknown method, or a mutant that does not fit ``wt_seq`` (see :func:`parse_mutant`).
+        ValueError: an unknown method, a ``wt_seq`` with a character the model does not know (see the module
+            docstring), or a mutant that does not fit ``wt_seq`` (see :func:`parse_mutant`).
+        torch.OutOfMemoryError: out of memory even with one sequence per forward pass.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if isinstance(mutants, str):
         raise TypeError(f"mutants must be a list of mutants, not the string {mutants!r}; wrap it: [{mutants!r}]")
+    _residue_ids(tokenizer, wt_seq, "wt_seq")  # an unusable wild type fails first, with its own message
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     positions = sorted({s.position for subs in parsed for s in subs})
     if not positions:
@@ -295,10 +346,14 @@ def embed(
         ``"mean"``: ``(len(seqs), hidden)`` float32; ``"per-residue"``: a list of ``(len(seq), hidden)`` float32.
 
     Raises:
-        ValueError: unknown pooling, or a sequence longer than ``max_residues``.
+        ValueError: unknown pooling, an empty sequence or one with a character the model does not know
+            (naming its index in ``seqs``), or a sequence longer than ``max_residues``.
+        torch.OutOfMemoryError: out of memory even with one sequence per forward pass.
     """
     if pooling not in ("mean", "per-residue"):
         raise ValueError(f"unknown pooling {pooling!r}; use 'mean' or 'per-residue'")
+    for i, seq in enumerate(seqs):
+        _residue_ids(tokenizer, seq, f"sequence {i}")
     too_long = [i for i, s in enumerate(seqs) if len(s) > max_residues]
     if too_long:
         raise ValueError(f"sequence {too_long[0]} has {len(seqs[too_long[0]])} residues, more than the model's "
@@ -306,15 +361,18 @@ def embed(
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out: list[np.ndarray] = [np.empty(0)] * len(seqs)
     encoder = _encoder(model)
-    with _inference(model) as device:
-        for b0 in tqdm(range(0, len(order), batch_size), desc="embedding", unit="batch", disable=not progress):
-            idx = order[b0:b0 + batch_size]
+    with _inference(model) as device, tqdm(total=len(order), desc="embedding", unit="sequence",
+                                            disable=not progress) as bar:
+        def run(b0: int, b1: int) -> None:
+            idx = order[b0:b1]
             input_ids, attention_mask = _padded_batch(tokenizer, [seqs[i] for i in idx])
             hidden = encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
             hidden = hidden.last_hidden_state.float()
             for row, i in enumerate(idx):
                 residues = hidden[row, 1:len(seqs[i]) + 1]
                 out[i] = (residues.mean(0) if pooling == "mean" else residues).cpu().numpy()
+
+        _with_oom_retry(run, len(order), batch_size, "sequence", bar)
     if pooling == "per-residue":
         return out
     return np.stack(out) if out else np.empty((0, _encoder(model).config.hidden_size), dtype=np.float32)
