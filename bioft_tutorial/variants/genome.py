@@ -125,6 +125,10 @@ class Genome:
             lengths = {k: len(rec) for k, rec in self._fasta.records.items()}
         if not lengths:
             raise VariantError(f"{self.label}: no sequences; give a FASTA with at least one record")
+        empty = [record for record, length in lengths.items() if length == 0]
+        if empty:
+            raise VariantError(f"{self.label}: record {empty[0]!r} has no sequence (a header line with nothing "
+                               "under it); the file is truncated or malformed: download or copy it again")
         self.contigs = _place_records(lengths, dict(starts or {}), self.label)
         by_record = {c.record: name for name, c in self.contigs.items()}
         self.aliases = {str(k): by_record.get(str(v), str(v)) for k, v in (aliases or {}).items()}
@@ -246,6 +250,8 @@ def _open_fasta(path: Path, index_dir: str | Path | None):
 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such FASTA file; check the path (relative to {Path.cwd()})")
+    if path.is_dir():
+        raise VariantError(f"{path} is a folder; pass the path of the FASTA file inside it (e.g. {path}/genome.fa)")
     if path.stat().st_size == 0:
         raise VariantError(f"{path}: the FASTA file is empty; download or copy it again")
     try:
@@ -257,7 +263,7 @@ def _open_fasta(path: Path, index_dir: str | Path | None):
     except pyfaidx.UnsupportedCompressionFormat as err:
         raise VariantError(f"{path}: gzip-compressed FASTA cannot be read by indexed access; decompress it "
                            "(gunzip) or recompress it with bgzip (htslib)") from err
-    except (pyfaidx.FastaIndexingError, ValueError) as err:
+    except (pyfaidx.FastaIndexingError, ValueError) as err:  # UnicodeDecodeError is a ValueError too
         raise VariantError(f"{path}: not a well-formed FASTA ({err}). Every record needs a '>' header and "
                            "lines of equal width; rewrap it, e.g. `seqkit seq -w 60 in.fa > out.fa`") from err
     logger.debug("opened %s (index %s)", path, fasta.faidx.indexname)

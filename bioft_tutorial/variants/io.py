@@ -40,9 +40,18 @@ def _open_text(path: str | Path) -> IO[str]:
 
 # ---------------------------------------------------------------------------------------------------- VCF
 def read_vcf(path: str | Path) -> pd.DataFrame:
-    """Read the variant records of a VCF (plain or gzip/bgzip); see :func:`parse_vcf`."""
-    with _open_text(path) as handle:
-        return parse_vcf(handle, source=str(path))
+    """Read the variant records of a VCF (plain or gzip/bgzip); see :func:`parse_vcf`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        VariantError: not UTF-8 text or not valid gzip, or one of :func:`parse_vcf`'s errors.
+    """
+    try:
+        with _open_text(path) as handle:
+            return parse_vcf(handle, source=str(path))
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+        raise VariantError(f"{path}: not a readable VCF text file ({type(err).__name__}: {err}); check that it is a "
+                           "VCF, and that a '.gz' name really holds a complete gzip/bgzip file") from err
 
 
 def parse_vcf(lines: Iterable[str], source: str = "<string>") -> pd.DataFrame:
@@ -186,6 +195,9 @@ def read_variants_csv(path: str | Path, sep: str | None = None) -> pd.DataFrame:
         df = pd.read_csv(path, sep=sep, dtype=text_cols, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise VariantError(f"{path}: the file is empty; expected a header line 'chrom,pos,ref,alt'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise VariantError(f"{path}: not a well-formed {'TSV' if sep == chr(9) else 'CSV'} ({str(err).strip()}); "
+                           "check the separators and quotes of the line it names, or pass sep=") from err
     df.index = pd.Index(np.arange(len(df)) + 2, name="line")  # line 1 is the header
     df.attrs["source"] = str(path)
     standardize_variants(df)  # raises early for missing columns

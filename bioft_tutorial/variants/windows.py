@@ -97,6 +97,9 @@ def variant_window(genome: Genome, chrom: str, pos: int, ref: str, alt: str,
     if len(ref) != 1 or len(alt) != 1:
         raise VariantError(f"{chrom}:{pos} {ref}>{alt} is not a single-nucleotide variant (SNVs only)")
     contig = genome.resolve(chrom)
+    if not contig.start < int(pos) <= contig.end:
+        raise VariantError(f"{chrom}:{pos}: outside the sequence in {genome.label} ({contig.describe()}); positions "
+                           "are 1-based: use a FASTA that covers this position")
     start, end = window_bounds(int(pos), window, contig.start, contig.end)
     seq = genome.fetch(chrom, start, end)
     index = int(pos) - 1 - start
