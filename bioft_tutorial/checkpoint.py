@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest.json"
@@ -84,14 +85,29 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
 
     Raises:
         FileNotFoundError: the folder or one of its two files is missing (an incomplete checkpoint).
+        ValueError: a file is not valid safetensors or JSON (damaged, or something else under that name, such
+            as a pickle: it is refused, never unpickled).
     """
     folder = Path(folder)
     for name in ("tensors.safetensors", "state.json"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder / name} is missing: {folder} is not a complete checkpoint")
-    tensors = load_file(str(folder / "tensors.safetensors"), device=str(device))
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    try:
+        tensors = load_file(str(folder / "tensors.safetensors"), device=str(device))
+    except SafetensorError as err:
+        raise ValueError(f"{folder / 'tensors.safetensors'} is not a valid safetensors file ({err}); it was not "
+                         "loaded (checkpoints are never unpickled). Resume from another checkpoint, or delete this "
+                         "one if it is damaged") from err
+    state = _read_json(folder / "state.json")
     return tensors, state
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it was damaged or edited by hand: delete it, or restore "
+                         "it from the checkpoint folders next to it") from err
 
 
 def mark_latest(root: str | Path, folder: str | Path) -> None:
@@ -104,7 +120,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     pointer = Path(root) / LATEST
     if not pointer.exists():
         return None
-    folder = Path(root) / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    folder = Path(root) / _read_json(pointer)["checkpoint"]
     return folder if (folder / "state.json").exists() else None
 
 
