@@ -10,6 +10,7 @@ Model sizes of the family are built from the shipped ESM-2 8M config with the pu
 from __future__ import annotations
 
 import logging
+import pickle
 from importlib import resources
 from pathlib import Path
 
@@ -58,7 +59,12 @@ def load_tokenizer(name_or_path: str | None = None) -> EsmTokenizer:
     """
     if name_or_path in (None, "tiny") or name_or_path in ESM2_FAMILY:
         return EsmTokenizer.from_pretrained(str(_asset_dir()))
-    return EsmTokenizer.from_pretrained(name_or_path)
+    try:
+        return EsmTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, TypeError) as err:  # ValueError: not a valid hub id; TypeError: no vocab file
+        raise OSError(f"could not load an ESM-2 tokenizer from {name_or_path!r}: not a local folder with vocab.txt, "
+                      "and the Hugging Face Hub is unreachable or does not have it. Pass a local folder, or None for "
+                      "the shipped copy (all ESM-2 sizes share one vocabulary)") from err
 
 
 def esm2_config(size: str, **overrides) -> EsmConfig:
@@ -170,6 +176,7 @@ def load_esm2(
     Raises:
         ValueError: unknown task or missing ``num_labels``.
         OSError: the name is neither a local folder nor reachable on the hub; the message says what to do.
+        pickle.UnpicklingError: a ``pytorch_model.bin`` that holds more than tensors (refused, never run).
     """
     cls = _model_class(task)
     head = _head_kwargs(task, num_labels)
@@ -179,6 +186,10 @@ def load_esm2(
         return model.eval(), load_tokenizer()
     torch.manual_seed(seed)
     local = Path(name_or_path).expanduser()
+    if str(name_or_path).startswith((".", "/", "~")) and not local.is_dir():  # a path, never a hub id
+        raise OSError(f"could not load ESM-2 {name_or_path!r}: no such folder ({local.resolve()}); check the path "
+                      "(a folder with config.json and model.safetensors), or pass a hub id such as "
+                      f"{ESM2_FAMILY['8M']['hub_id']!r}, or 'tiny' for the offline smoke model")
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None,
                   trust_remote_code=trust_remote_code, **head)
     if task == "sequence" and num_labels == 1:
@@ -198,6 +209,11 @@ def load_esm2(
             "the folder, or use 'tiny' for the offline smoke model. Original error: "
             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from err
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is more than tensors
+        raise pickle.UnpicklingError(
+            f"refused to load {name_or_path!r}: its pickled weights (pytorch_model.bin) hold Python objects other "
+            "than tensors, which could run code, so they were not unpickled. Use a checkpoint with "
+            "model.safetensors; do not set weights_only=False for a file you did not make yourself") from err
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
