@@ -12,17 +12,17 @@ One optimizer step, in order (:func:`train`):
 4. every ``eval_every`` steps evaluate, keep the best weights and maybe stop early; every ``save_every``
    steps write a checkpoint (:mod:`bioft_tutorial.checkpoint`) that ``resume=True`` continues exactly.
 
+Under ``torchrun`` the same call trains on every process: :mod:`bioft_tutorial.distributed` joins the
+process group and wraps the model (DDP, or FSDP2 with ``parallel="fsdp2"``); only rank 0 writes files.
 On a GPU the step runs under bf16 autocast with the frozen weights stored in bf16 and the trainable ones in
 fp32; on a CPU it runs in fp32. A CUDA out-of-memory error redoes the step with half the token budget
 (down to ``min_token_budget``); a NaN or inf loss stops the run and names the step.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,12 +35,13 @@ import torch.distributed as dist
 from tqdm.std import tqdm
 
 from bioft_tutorial import checkpoint as ckpt
+from bioft_tutorial import distributed
 from bioft_tutorial.data import collate_padded, token_budget_batches
 from bioft_tutorial.predict import Examples, evaluate, loss_sum
 
 log = logging.getLogger(__name__)
 _CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
-            "batching": ("padded", "packed"), "parallel": ("ddp", "fsdp2"),
+            "batching": ("padded", "packed"), "parallel": ("ddp", "fsdp2"), "device": ("auto", "cpu", "cuda"),
             "best_metric": (None, "loss", "accuracy", "spearman")}
 
 
@@ -71,7 +72,7 @@ class TrainConfig:
     best_metric: str | None = None  # None: "accuracy" (classification) or "spearman" (regression)
     load_best_at_end: bool = True
     precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on a CPU
-    device: str = "auto"
+    device: str = "auto"  # "auto" (the GPU of this rank if there is one), "cpu" or "cuda"
     batching: str = "padded"  # "padded" or "packed" (bioft_tutorial.packing: no padding, variable-length attention)
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp2" (bioft_tutorial.distributed)
     min_token_budget: int = 1024  # floor of the out-of-memory back-off
@@ -220,16 +221,8 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
 
 def _setup(model: torch.nn.Module, config: TrainConfig) -> _Run:
     """Device, precision, batching plug-in, optimizer, schedule and (under ``torchrun``) DDP."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if config.device != "auto":
-        device = torch.device(config.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    info = distributed.init_distributed(None if config.device == "auto" else config.device)  # torchrun-aware
+    rank, world, device = info.rank, info.world_size, info.device
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     collate, prepare, padded = _batching(config.batching)
     model = model.to(device)
@@ -247,7 +240,8 @@ def _setup(model: torch.nn.Module, config: TrainConfig) -> _Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.schedule))
     torch.manual_seed(config.seed)  # dropout (e.g. LoRA's) draws from here
-    net = _wrap(model, config, rank, world, device, bf16)
+    net = distributed.wrap_model(model, info, config.parallel,  # DDP or FSDP2 under torchrun, else the model
+                                 param_dtype=torch.bfloat16 if bf16 and config.parallel == "fsdp2" else None)
     return _Run(model, net, optimizer, scheduler, device, bf16, rank, world, collate, padded)
 
 
@@ -271,36 +265,6 @@ def _batching(name: str) -> tuple[Callable, Callable, bool]:
         return model
 
     return lambda examples, pad_id: packing.collate_packed(examples, pad_token_id=pad_id), prepare, False
-
-
-def _wrap(model: torch.nn.Module, config: TrainConfig, rank: int, world: int, device: torch.device,
-          bf16: bool) -> torch.nn.Module:
-    """DDP under ``torchrun`` (or FSDP2 through :mod:`bioft_tutorial.distributed`); the model itself otherwise."""
-    if world == 1:
-        return model
-    if config.parallel == "ddp":
-        return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    distributed = importlib.import_module("bioft_tutorial.distributed")
-    info = distributed.DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", "0")), device, dist.get_backend())
-    return distributed.wrap_model(model, info, "fsdp2", param_dtype=torch.bfloat16 if bf16 else None)
-
-
-@contextlib.contextmanager
-def _no_sync(net: torch.nn.Module, skip: bool):
-    """Skip the gradient all-reduce of this backward (all but the last of a step): DDP's ``no_sync`` or
-    FSDP2's ``set_requires_gradient_sync``."""
-    if not skip:
-        yield
-    elif hasattr(net, "no_sync"):
-        with net.no_sync():
-            yield
-    else:
-        net.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            net.set_requires_gradient_sync(True)
 
 
 def _next_chunk(run: _Run, examples: Examples, state: dict, config: TrainConfig) -> list[list[int]]:
@@ -360,7 +324,7 @@ def _forward_backward(run: _Run, examples: Examples, batches: list[list[int]], b
             before_forward(step, batch)
         labels = batch.pop("labels")
         # DDP all-reduces gradients on the last backward of the step only
-        with _no_sync(run.net, skip=run.world > 1 and k < len(pieces) - 1):
+        with distributed.gradient_sync(run.net, enabled=k == len(pieces) - 1):  # all-reduce once per step
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
                 loss = loss_sum(run.net(**batch).logits, labels)
             (loss * run.world / count).backward()  # DDP averages over ranks; * world makes it a sum

@@ -297,3 +297,36 @@ def test_loop_vs_trainer_bench_smoke(tmp_path):
     assert records[0]["baseline_tokens_per_s"] == records[1]["tokens_per_s"]
     saved = json.loads(next(tmp_path.glob("loop-vs-trainer-*.json")).read_text())
     assert saved["command"] == "loop-vs-trainer" and saved["results"][0]["gpu"] == "cpu"
+
+
+_DDP_RUN = """
+import sys, torch
+torch.set_num_threads(1)
+from bioft_tutorial import data, lora, models, train
+tok = models.load_tokenizer()
+df = data.load_flip_secondary_structure(max_chains=40, seed=2)
+tr = data.secondary_structure_examples(df[df.split == "train"], tok, as_dataset=False)
+va = data.secondary_structure_examples(df[df.split == "validation"].head(12), tok, as_dataset=False)
+model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3, seed=0), "full")
+cfg = train.TrainConfig(output_dir=sys.argv[1], max_steps=5, learning_rate=2e-3, warmup_steps=1,
+                        token_budget=1536, min_token_budget=1024, grad_accum_steps=int(sys.argv[2]),
+                        eval_every=5, save_every=5, progress=False, device="cpu")
+train.train(model, tr, va, cfg)
+"""
+
+
+def test_two_processes_under_torchrun_match_one_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(_DDP_RUN))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for name, cmd in {"two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script), str(tmp_path / "two"), "1"],
+                      "one": [sys.executable, str(script), str(tmp_path / "one"), "2"]}.items():
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (name, done.stderr[-3000:])
+    rows = [[json.loads(line) for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 5
+    for a, b in zip(*rows):  # same global batch each step: same loss, up to the order of the all-reduce
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
+    assert math.isclose(rows[0][-1]["eval_accuracy"], rows[1][-1]["eval_accuracy"], rel_tol=1e-6)

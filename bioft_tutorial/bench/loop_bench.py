@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Run the cases, write the results file and return the records."""
     args = _parser().parse_args(argv)
     if args.smoke:
-        args.steps, args.warmup, args.token_budget, args.chains = min(args.steps, 6), min(args.warmup, 2), 2048, 64
+        args.steps, args.warmup, args.token_budget, args.chains = min(args.steps, 4), min(args.warmup, 1), 2048, 48
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{COMMAND}: no CUDA device; run with --smoke on a CPU")
