@@ -64,12 +64,14 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, device=None, bf16: bool = False,
+def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, device=None, bf16: bool | None = None,
                     collate: Callable = collate_padded, padded: bool = True, shard: bool = True
                     ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
     """Run ``model`` in eval mode over ``data`` in length-sorted batches of at most ``token_budget`` tokens.
 
-    Under ``torchrun`` with ``shard=True`` each rank takes every ``world_size``-th batch.
+    ``bf16=None`` runs under bf16 autocast exactly when the model holds bf16 weights (e.g. after
+    :func:`bioft_tutorial.train.train` on a GPU stored its frozen weights in bf16). Under ``torchrun`` with
+    ``shard=True`` each rank takes every ``world_size``-th batch.
 
     Yields:
         ``(indices, logits, labels)``: example indices, float32 CPU logits ((B, L, C) or (B, C)) and the
@@ -77,6 +79,8 @@ def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, 
     """
     examples = data if isinstance(data, Examples) else Examples(data)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if bf16 is None:
+        bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     rank, world = (dist.get_rank(), dist.get_world_size()) if shard and dist.is_initialized() else (0, 1)
     was_training = model.training
     model.eval()

@@ -330,3 +330,11 @@ def test_two_processes_under_torchrun_match_one_with_the_same_global_batch(tmp_p
     for a, b in zip(*rows):  # same global batch each step: same loss, up to the order of the all-reduce
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
     assert math.isclose(rows[0][-1]["eval_accuracy"], rows[1][-1]["eval_accuracy"], rel_tol=1e-6)
+
+
+def test_prediction_of_a_long_chain_with_bf16_frozen_weights(tokenizer):
+    model = lora.cast_frozen(lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3), "lora",
+                                                lora.esm2_lora_config()))
+    seq = ("MKVLAAGHEEKLLWSTPRQ" * 80)[:1500]  # two crops
+    out = predict.predict_residue_classes(model, tokenizer, {"long": seq, "short": "MKV"}, token_budget=2048)
+    assert len(out["long"]) == 1500 and len(out["short"]) == 3 and set(out["long"]) <= set("HEC")
