@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -74,10 +75,10 @@ def test_batches_respect_the_token_budget():
     for batch in train_bench.make_batches(chains, "bucketed", 8192, 10):
         assert batch["input_ids"].numel() <= 8192
     packed = train_bench.make_batches(chains, "packed", 8192, 10)
-    assert len(packed) == 10
+    assert len(packed) == 10 and len({b["cu_seq_lens_q"].numel() for b in packed}) == 1  # static shapes
     for batch in packed:
         assert batch["input_ids"].shape == (1, 8192)
-        assert batch["cu_seq_lens_q"].numel() == train_bench.packed_max_chains(8192) + 1
+        assert (batch["cu_seq_lens_q"].numel() - 1) % 8 == 0
         stats = train_bench.batch_stats(batch)
         assert stats["real"] == int((batch["input_ids"] != 1).sum()) > 0.95 * 8192
     naive = train_bench.make_batches(chains, "naive", 0, 3)
@@ -123,3 +124,58 @@ def test_gpu_only_without_smoke(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         train_bench.main(["--cases", "650M-naive"])
+
+
+# --- the performance chapter's tables, from a fake results folder (tests only; never in book/results) ---------
+@pytest.fixture(scope="module")
+def fake_gpu_dir(smoke_records, tmp_path_factory):
+    """The smoke run's records relabelled as if measured on a GPU (same schema the chapter renders)."""
+    from bioft_tutorial.bench import train_dist_bench
+
+    out = tmp_path_factory.mktemp("fake")
+    dist_records = train_dist_bench.main(["--smoke", "--cases", "650M-ddp", "--out", str(out / "d")])
+    assert dist_records and "error" not in dist_records[0]
+    (src,) = smoke_records[1].glob("train-smoke-*.json")
+    for path, name in ((src, "train-20260101T000000Z.json"),
+                       (next((out / "d").glob("*.json")), "train-dist-20260101T000000Z.json")):
+        payload = json.loads(path.read_text())
+        for r in payload["results"]:
+            r.update(gpu="NVIDIA H100 80GB HBM3", smoke=False, model=r["case"].split("-")[0], peak_mem_gib=10.0)
+        (out / name).write_text(json.dumps(payload))
+    return out
+
+
+def test_report_tables_from_stored_results(fake_gpu_dir):
+    from bioft_tutorial.bench import train_report
+
+    runs = train_report.latest(train_report.load_measured("train", fake_gpu_dir))
+    assert set(runs["case"]) >= {"650M-naive", "650M-package", "3B-package", "650M-numerics"}
+    ablation = train_report.ablation_table(runs)
+    assert list(ablation.index) == ["naive", "bf16", "bf16-base", "packed", "package"]
+    assert ablation.loc["package", "× naive"] == pytest.approx(
+        ablation.loc["package", "tokens_per_s"] / ablation.loc["naive", "tokens_per_s"])
+    family = train_report.family_table(runs)
+    assert list(family.index) == ["650M", "3B"] and family.loc["3B", "package path"] == "package, checkpointing"
+    assert set(train_report.method_table(runs)["method"]) == {"lora", "full"}
+    assert train_report.numerics_table(runs).loc["packed_fp32", "gradients"] < 1e-5
+    dist = train_report.load_measured("train-dist", fake_gpu_dir)
+    scaling = train_report.scaling_table(dist)
+    assert scaling.loc["650M-ddp", "strategy"] == "ddp" and scaling.loc["650M-ddp", "world_size"] == 1
+    for fig in (train_report.plot_family(family), train_report.plot_ablation(ablation),
+                train_report.plot_scaling(scaling, dist)):
+        assert fig.axes
+    provenance = train_report.provenance(train_report.load_measured("train", fake_gpu_dir))
+    assert provenance.loc["train-20260101T000000Z.json", "gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_report_without_results(tmp_path):
+    from bioft_tutorial.bench import train_report
+
+    assert train_report.load_measured("train", tmp_path).empty
+    (tmp_path / "train-smoke-20260101T000000Z.json").write_text(json.dumps({"results": [{"smoke": True}]}))
+    assert train_report.load_measured("train", tmp_path).empty  # smoke runs are never shown
+    empty = pd.DataFrame()
+    assert train_report.family_table(empty).empty and train_report.ablation_table(empty).empty
+    for fig in (train_report.plot_family(empty), train_report.plot_ablation(empty),
+                train_report.plot_scaling(empty, empty)):
+        assert "No GPU measurement" in fig.axes[0].texts[0].get_text()

@@ -80,6 +80,7 @@ class Case:
     est_s: float = 20.0  # rough H100 cost, for the time budget
 
     tag: str = ""  # distinguishes variants, e.g. "nockpt"
+    group: str = "headline"  # "headline" (the issue's targets) or "family" (the other sizes)
 
     @property
     def name(self) -> str:
@@ -95,10 +96,10 @@ def _cases() -> list[Case]:
             Case("650M", "bf16", est_s=12), Case("650M", "bf16-base", est_s=12), Case("650M", "packed", est_s=12),
             Case("650M", "naive", method="full", est_s=12), Case("650M", "package", method="full", est_s=50),
             Case("15B", "packed", steps=2, warmup=1, est_s=60, **big)]
-    family = [Case(size, path, est_s=30 if path == "package" else 6)
+    family = [Case(size, path, group="family", est_s=30 if path == "package" else 6)
               for size in ("8M", "35M", "150M") for path in ("naive", "bf16", "package")]
-    family += [Case("3B", "naive", est_s=20), Case("3B", "bf16", tokens=8192, est_s=20),
-               Case("3B", "package", tokens=8192, tag="nockpt", est_s=50)]
+    family += [Case("3B", "naive", group="family", est_s=20), Case("3B", "bf16", tokens=8192, group="family", est_s=20),
+               Case("3B", "package", tokens=8192, tag="nockpt", group="family", est_s=50)]
     return head + family
 
 
@@ -135,25 +136,29 @@ def make_batches(chains: list[dict], batching: str, tokens: int, n: int, seed: i
     lengths = [len(c["input_ids"]) for c in chains]
     if batching == "naive":
         return [packing.collate_padded(chains[2 * i:2 * i + 2], pad_to=packing.ESM2_MAX_TOKENS) for i in range(n)]
-    if batching == "bucketed":  # sorted by length, cut where the padded size would pass the budget
-        groups, current = [], []
-        for i in np.argsort(lengths, kind="stable"):
-            if current and (len(current) + 1) * lengths[i] > tokens:
-                groups.append(current)
-                current = []
-            current.append(int(i))
-        groups.append(current)
+    if batching == "bucketed":
+        groups = bucket_groups(lengths, tokens)
         rng.shuffle(groups)
         return [packing.collate_padded([chains[i] for i in g]) for g in groups[:n]]
-    max_chains = packed_max_chains(tokens)
-    rows = packing.pack_rows(lengths, tokens, max_chains=max_chains - math.ceil(tokens / packing.ESM2_MAX_TOKENS))
-    rows = sorted(rows[:-3] or rows, key=lambda r: -sum(lengths[i] for i in r))[:n]  # the full rows
-    return [packing.collate_packed([chains[i] for i in r], pad_to=tokens, max_chains=max_chains) for r in rows]
+    rows = packing.pack_rows(lengths, tokens, max_chains=tokens // 64)
+    used = lambda r: sum(lengths[i] for i in r)  # noqa: E731
+    rows = sorted(rows[:-3] or rows, key=used, reverse=True)[:n]  # the fullest rows (the last ones are sparse)
+    # one cu_seq_lens size for all of them (static shapes): the most chains of a row, padding chains included
+    most = max(len(r) + math.ceil((tokens - used(r)) / packing.ESM2_MAX_TOKENS) for r in rows)
+    return [packing.collate_packed([chains[i] for i in r], pad_to=tokens, max_chains=8 * math.ceil(most / 8))
+            for r in rows]
 
 
-def packed_max_chains(tokens: int) -> int:
-    """A fixed ``cu_seq_lens`` size for rows of ``tokens``: room for chains of 32 tokens on average."""
-    return tokens // 32 + math.ceil(tokens / packing.ESM2_MAX_TOKENS)
+def bucket_groups(lengths: list[int] | np.ndarray, tokens: int) -> list[list[int]]:
+    """Length buckets: chains sorted by length, cut where the padded batch (chains x longest) would pass
+    ``tokens``. Returns lists of indices into ``lengths``, shortest chains first."""
+    groups, current = [], []
+    for i in np.argsort(lengths, kind="stable"):
+        if current and (len(current) + 1) * lengths[i] > tokens:
+            groups.append(current)
+            current = []
+        current.append(int(i))
+    return groups + [current] if current else groups
 
 
 def batch_stats(batch: dict) -> dict:
@@ -386,9 +391,10 @@ class _KeepGradients:
 
 # -------------------------------------------------------------------------------------------------- CLI
 def select_cases(patterns: str, model: str = "all", method: str = "all") -> list[Case]:
-    """Cases whose name matches any comma-separated glob (``"650M-*"``, ``"all"``), filtered by model/method."""
+    """Cases whose name matches a comma-separated glob (``"650M-*"``) or group (``"headline"``, ``"family"``,
+    ``"all"``), filtered by model and method, in :data:`CASES` order."""
     globs = ["*"] if patterns in ("", "all") else [p.strip() for p in patterns.split(",") if p.strip()]
-    chosen = [c for c in CASES if any(fnmatch.fnmatch(c.name, g) for g in globs)
+    chosen = [c for c in CASES if any(fnmatch.fnmatch(c.name, g) or g == c.group for g in globs)
               and model in ("all", c.model) and method in ("all", c.method)]
     if not chosen:
         raise SystemExit(f"no case matches --cases {patterns!r} --model {model} --method {method}; "
@@ -421,7 +427,8 @@ def _summary(r: dict) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bioft_tutorial.bench train", description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", default="all", help="comma-separated globs over case names (see --list)")
+    ap.add_argument("--cases", default="headline",
+                    help="comma-separated globs over case names, or groups: headline (default), family, all (see --list)")
     ap.add_argument("--model", default="all", help="only cases of this ESM-2 size, e.g. 650M")
     ap.add_argument("--method", default="all", choices=["all", "lora", "full"])
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip cases that would end past this, seconds")
@@ -437,7 +444,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the selected cases; print one summary line and one JSON line per case; write the results file."""
     args = parse_args(list(argv or []))
-    patterns = SMOKE_CASES if args.smoke and args.cases == "all" else args.cases
+    patterns = SMOKE_CASES if args.smoke and args.cases == "headline" else args.cases
     cases = select_cases(patterns, args.model, args.method)
     if args.list:
         print("\n".join(f"{c.name:<24} {json.dumps(asdict(c))}" for c in cases))

@@ -234,8 +234,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cases = [c for c in DIST_CASES if any(fnmatch.fnmatch(c.name, g) for g in globs)]
     if args.smoke:
         cases = [replace(c, tokens=256, steps=2, warmup=1, curve_steps=3) for c in cases[:2]]
+    threads = torch.get_num_threads()
     if args.smoke:
-        torch.set_num_threads(1)  # a process of its own: tiny tensors, CI machines with few cores
+        torch.set_num_threads(1)  # tiny tensors; CI machines with few cores
+    try:
+        return _run(cases, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cases: list[DistCase], args: argparse.Namespace) -> list[dict]:
     info = init_distributed("cpu" if args.smoke else None)
     if info.device.type != "cuda" and not args.smoke:
         raise SystemExit("no CUDA GPU: use --smoke for the CPU (gloo) check")
