@@ -115,7 +115,8 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", *,
     if strategy == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+        policy = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype
+                  else MixedPrecisionPolicy())
         root = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: shard the HF model
         blocks = [m for m in root.modules() if type(m).__name__ == layer_class]
         if not blocks:

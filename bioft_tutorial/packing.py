@@ -137,13 +137,12 @@ def collate_packed(examples: Sequence[dict], *, pad_to: int | None = None, max_c
     cu = torch.zeros(max(n_chains, max_chains or 0) + 1, dtype=torch.int32)
     cu[1:n_chains + 1] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
     cu[n_chains + 1:] = cu[n_chains]
-    longest = max_length if pad_to is not None else max(lengths, default=0)
-    return {
-        "input_ids": torch.cat(ids)[None] if ids else torch.zeros(1, 0, dtype=torch.long),
-        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None] if ids else torch.zeros(1, 0, dtype=torch.long),
-        "labels": torch.cat(labels)[None] if ids else torch.zeros(1, 0, dtype=torch.long),
-        "cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(), "max_length_q": longest, "max_length_k": longest,
-    }
+    if not ids:
+        raise ValueError("no examples to pack; give at least one chain")
+    longest = max_length if pad_to is not None else max(lengths)
+    return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+            "labels": torch.cat(labels)[None], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(),
+            "max_length_q": longest, "max_length_k": longest}
 
 
 def make_collate(*, pad_to: int | None = None, max_chains: int | None = None, max_length: int = ESM2_MAX_TOKENS,
@@ -290,7 +289,8 @@ def _per_chain_token_dropout(module: nn.Module, args: tuple, kwargs: dict, outpu
     if input_ids is None or position_ids is None or kwargs.get("attention_mask") is not None:
         return output  # not a packed batch
     rows, tokens = input_ids.shape
-    chain = (position_ids.expand(rows, tokens) == 0).cumsum(-1) + tokens * torch.arange(rows, device=input_ids.device)[:, None]
+    offsets = tokens * torch.arange(rows, device=input_ids.device)[:, None]  # chain ids unique across rows
+    chain = (position_ids.expand(rows, tokens) == 0).cumsum(-1) + offsets
     is_mask = (input_ids == module.mask_token_id).flatten().to(torch.float32)
     n_mask = torch.zeros(rows * tokens + tokens + 1, device=input_ids.device).index_add_(0, chain.flatten(), is_mask)
     n_tok = torch.zeros_like(n_mask).index_add_(0, chain.flatten(), torch.ones_like(is_mask))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bioft_tutorial import packing
-from bioft_tutorial.bench import COMMANDS, results, train_bench
+from bioft_tutorial.bench import COMMANDS, results, train_bench, train_workload
 from bioft_tutorial.models import esm2_config, tiny_esm2_config
 
 REQUIRED = ("gpu", "torch", "transformers", "date", "model", "method", "path", "tokens_per_s", "step_s",
@@ -65,23 +65,23 @@ def test_list_and_select(capsys):
 
 
 def test_protein_lengths_like_real_proteins():
-    lengths = train_bench.protein_lengths(20_000, seed=3)
-    assert np.array_equal(lengths, train_bench.protein_lengths(20_000, seed=3))
+    lengths = train_workload.protein_lengths(20_000, seed=3)
+    assert np.array_equal(lengths, train_workload.protein_lengths(20_000, seed=3))
     assert 285 <= np.median(lengths) <= 315 and lengths.max() == 1022 and lengths.min() >= 30
 
 
 def test_batches_respect_the_token_budget():
-    chains = train_bench.random_chains(train_bench.protein_lengths(600, seed=0), seed=0)
-    for batch in train_bench.make_batches(chains, "bucketed", 8192, 10):
+    chains = train_workload.random_chains(train_workload.protein_lengths(600, seed=0), seed=0)
+    for batch in train_workload.make_batches(chains, "bucketed", 8192, 10):
         assert batch["input_ids"].numel() <= 8192
-    packed = train_bench.make_batches(chains, "packed", 8192, 10)
+    packed = train_workload.make_batches(chains, "packed", 8192, 10)
     assert len(packed) == 10 and len({b["cu_seq_lens_q"].numel() for b in packed}) == 1  # static shapes
     for batch in packed:
         assert batch["input_ids"].shape == (1, 8192)
         assert (batch["cu_seq_lens_q"].numel() - 1) % 8 == 0
-        stats = train_bench.batch_stats(batch)
+        stats = train_workload.batch_stats(batch)
         assert stats["real"] == int((batch["input_ids"] != 1).sum()) > 0.95 * 8192
-    naive = train_bench.make_batches(chains, "naive", 0, 3)
+    naive = train_workload.make_batches(chains, "naive", 0, 3)
     assert [b["input_ids"].shape for b in naive] == [(2, 1024)] * 3
 
 
@@ -91,30 +91,30 @@ def test_matmul_params_counts_the_encoder_linear_weights():
     with torch.device("meta"):
         model = EsmModel(esm2_config("650M"))
     counted = sum(m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
-    assert train_bench.matmul_params("650M") == counted
+    assert train_workload.matmul_params("650M") == counted
     assert 640e6 < counted < 660e6
 
 
 def test_step_flops_by_hand():
     stats = {"real": 1000, "sq": 2 * 500 ** 2}
-    n = train_bench.matmul_params("tiny")
+    n = train_workload.matmul_params("tiny")
     config = tiny_esm2_config()
     attention = 12 * 2 * 500 ** 2 * config.hidden_size * config.num_hidden_layers
-    assert train_bench.step_flops("tiny", "lora", stats) == 4 * n * 1000 + attention
-    assert train_bench.step_flops("tiny", "full", stats) == 6 * n * 1000 + attention
+    assert train_workload.step_flops("tiny", "lora", stats) == 4 * n * 1000 + attention
+    assert train_workload.step_flops("tiny", "full", stats) == 6 * n * 1000 + attention
 
 
 def test_peak_tflops_names():
-    assert train_bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
-    assert train_bench.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert train_bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert train_bench.peak_tflops("cpu") is None
+    assert train_workload.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert train_workload.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert train_workload.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert train_workload.peak_tflops("cpu") is None
 
 
 def test_batch_stats_packed_equals_padded():
-    chains = train_bench.random_chains(np.array([5, 30, 12]), seed=1)
+    chains = train_workload.random_chains(np.array([5, 30, 12]), seed=1)
     padded, packed = packing.collate_padded(chains), packing.collate_packed(chains, pad_to=128)
-    a, b = train_bench.batch_stats(padded), train_bench.batch_stats(packed)
+    a, b = train_workload.batch_stats(padded), train_workload.batch_stats(packed)
     assert (a["real"], a["sq"], a["labelled"]) == (b["real"], b["sq"], b["labelled"])
     assert (a["real"], a["sq"]) == (53, 7 ** 2 + 32 ** 2 + 14 ** 2)
     assert a["total"] == 3 * 32 and b["total"] == 128

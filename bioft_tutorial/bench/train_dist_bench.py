@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 
 from bioft_tutorial.bench.results import write_results
-from bioft_tutorial.bench.train_bench import (PATHS, Recipe, _free, _memory, batch_stats, build_model, make_batches,
-                                              matmul_params, peak_tflops, prepare_model, protein_lengths,
-                                              random_chains, step_flops, timed_steps)
+from bioft_tutorial.bench.train_workload import (PATHS, Recipe, batch_stats, build_model, free_memory, make_batches,
+                                                 matmul_params, memory_stats, peak_tflops, prepare_model,
+                                                 protein_lengths, random_chains, static_max_chains, step_flops,
+                                                 timed_steps)
 from bioft_tutorial.distributed import (DistInfo, SAFE_NCCL_ENV, cleanup_distributed, init_distributed,
                                         interconnect, wrap_model)
 
@@ -43,7 +44,7 @@ class DistCase:
 
     model: str
     strategy: str  # "ddp" or "fsdp2"
-    path: str = "package"  # a key of train_bench.PATHS
+    path: str = "package"  # a key of train_workload.PATHS
     tokens: int = 16384  # tokens per row; one row per process per step
     checkpointing: bool = False
     curve_steps: int = 4
@@ -69,7 +70,7 @@ def _global_batches(case: DistCase, rows: int, steps: int, seed: int, smoke: boo
     median, cap = (40, 200) if smoke else (300, 1022)
     chains = random_chains(protein_lengths((steps * rows + 4) * case.tokens // median, seed,
                                            median=median, cap=cap), seed)
-    packed = make_batches(chains, "packed", case.tokens, steps * rows, seed)
+    packed = make_batches(chains, "packed", case.tokens, steps * rows, seed, static_max_chains(case.tokens))
     if len(packed) < steps * rows:
         raise RuntimeError(f"only {len(packed)} packed rows for {steps} steps of {rows} rows")
     return [packed[s * rows:(s + 1) * rows] for s in range(steps)]
@@ -162,15 +163,16 @@ def run_dist_case(case: DistCase, info: DistInfo, smoke: bool, seed: int = 0, gl
         speed_single = _throughput(model, optimizer, [step[:1] for step in speed], case, recipe, one, size)
         model.load_state_dict(initial, strict=False)
         return {"loss_curve_single": curve_single, "single_gpu_tokens_per_s": speed_single["tokens_per_s"],
-                "single_gpu_mfu": speed_single["mfu"], "single_gpu_peak_mem_gib": _memory(info.device)["peak_mem_gib"]}
+                "single_gpu_mfu": speed_single["mfu"],
+                "single_gpu_peak_mem_gib": memory_stats(info.device)["peak_mem_gib"]}
 
     def warm():  # the other ranks meanwhile compile (if the recipe compiles): forward and backward, no update
         _, _ = timed_steps(model, _NoUpdate(model), [curve[0][:1]], recipe.autocast, DistInfo(device=info.device))
         return {}
 
-    _free(info.device)
+    free_memory(info.device)
     record.update(_phase(single if info.is_main else warm, info))
-    _free(info.device)
+    free_memory(info.device)
 
     def data_parallel():
         wrapped = wrap_model(model, info, case.strategy, param_dtype=torch.bfloat16 if recipe.frozen_bf16 else None)
@@ -180,7 +182,7 @@ def run_dist_case(case: DistCase, info: DistInfo, smoke: bool, seed: int = 0, gl
         return {"loss_curve": loss_curve, **_throughput(wrapped, optimizer, mine[1], case, recipe, info, size)}
 
     record.update(_phase(data_parallel, info))
-    record["peak_mem_gib"] = _max(_memory(info.device)["peak_mem_gib"], info)
+    record["peak_mem_gib"] = _max(memory_stats(info.device)["peak_mem_gib"], info)
     if info.is_main:
         if record.get("single_gpu_tokens_per_s"):
             record["scaling_efficiency"] = round(record["tokens_per_s"] / record["single_gpu_tokens_per_s"], 3)
@@ -209,7 +211,8 @@ def _adamw(model: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m bioft_tutorial.bench train-dist",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", default="all", help="comma-separated globs over " + ", ".join(c.name for c in DIST_CASES))
+    ap.add_argument("--cases", default="all",
+                    help="comma-separated globs over " + ", ".join(c.name for c in DIST_CASES))
     ap.add_argument("--budget-s", type=float, default=280.0, help="skip cases that would end past this, seconds")
     ap.add_argument("--out", help="results folder (default book/results/gpu; smoke writes only with --out)")
     ap.add_argument("--seed", type=int, default=0)
@@ -267,7 +270,7 @@ def _run(cases: list[DistCase], args: argparse.Namespace) -> list[dict]:
                 except Exception as exc:  # noqa: BLE001 - every rank raises together (see _phase)
                     record["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
                 record["case_s"] = round(time.perf_counter() - case_start, 1)
-                _free(info.device)
+                free_memory(info.device)
             records.append(record)
             if info.is_main:
                 print(_summary(record), flush=True)
@@ -289,5 +292,6 @@ def _summary(r: dict) -> str:
     if "error" in r or "skipped" in r:
         return f"{head} {'ERROR ' + r['error'] if 'error' in r else 'skipped: ' + r['skipped']}"
     return (f"{head} {r['tokens_per_s']:>9,.0f} tokens/s per GPU (single {r.get('single_gpu_tokens_per_s') or 0:,.0f}, "
-            f"efficiency {r.get('scaling_efficiency', float('nan')):.2f})  peak {r['peak_mem_gib'] if r['peak_mem_gib'] is not None else '-'} GiB  "
+            f"efficiency {r.get('scaling_efficiency', float('nan')):.2f})  peak "
+            f"{r['peak_mem_gib'] if r['peak_mem_gib'] is not None else '-'} GiB  "
             f"loss curve max |diff| {r['loss_curve_max_abs_diff']:.2e}  link {r['interconnect']}")

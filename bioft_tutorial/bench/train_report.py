@@ -50,11 +50,17 @@ def load_measured(command: str = "train", results_dir: str | Path | None = None)
     return df.sort_values("date", kind="stable").reset_index(drop=True) if len(df) else df
 
 
+def _measured(df: pd.DataFrame) -> pd.Series:
+    """True for records that neither failed nor were skipped."""
+    none = pd.Series(np.nan, index=df.index)
+    return df.get("error", none).isna() & df.get("skipped", none).isna()
+
+
 def latest(df: pd.DataFrame) -> pd.DataFrame:
     """The newest successful record of each case, on the GPU of the newest file (one GPU per page)."""
     if df.empty:
         return df
-    ok = df[df.get("error", pd.Series(index=df.index)).isna() & df.get("skipped", pd.Series(index=df.index)).isna()]
+    ok = df[_measured(df)]
     if ok.empty:
         return ok
     ok = ok[ok["gpu"] == ok.iloc[-1]["gpu"]]
@@ -141,7 +147,7 @@ def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
     """Multi-GPU records: tokens/s per GPU against one GPU, efficiency, memory and loss-curve agreement."""
     if dist.empty:
         return dist
-    ok = dist[dist.get("error", pd.Series(index=dist.index)).isna() & dist.get("skipped", pd.Series(index=dist.index)).isna()]
+    ok = dist[_measured(dist)]
     cols = ["case", "strategy", "world_size", "interconnect", "single_gpu_tokens_per_s", "tokens_per_s",
             "total_tokens_per_s", "scaling_efficiency", "single_gpu_peak_mem_gib", "peak_mem_gib",
             "loss_curve_max_abs_diff"]
