@@ -6,7 +6,8 @@ serves ``_build/html`` on a loopback port and opens every page of the table of c
 (DevTools protocol over a pipe, see ``tools/book_screenshots.py``). After the page's scripts have run (MathJax
 typeset, images loaded), each test fails on one kind of defect:
 
-* a broken internal link (missing page or missing ``#anchor``) or an image that does not load;
+* a broken internal link (missing page or missing ``#anchor``), an image that does not load, or a script or
+  stylesheet fetched from another site (the book must work offline);
 * raw, untypeset math (``\\(``, ``$$``, ``\\begin{``, ``$\\alpha$``…) in the text, or a math element that
   MathJax did not turn into ``mjx-container``;
 * an error output (traceback) on a notebook page;
@@ -71,6 +72,7 @@ INSPECT_JS = r"""(() => {
     opens_with_admonition: !!(first && first.classList.contains('admonition')),
     links: [...document.querySelectorAll('a[href]')].map(a => [a.getAttribute('href'), a.href]),
     images: [...document.images].map(img => ({src: img.getAttribute('src'), ok: loaded(img), in_article: article.contains(img)})),
+    assets: [...document.querySelectorAll('script[src], link[rel=stylesheet][href]')].map(e => e.src || e.href),
     ids: [...document.querySelectorAll('[id]')].map(e => e.id).concat([...document.querySelectorAll('a[name]')].map(a => a.name)),
     math_total: article.querySelectorAll('.math').length,
     math_typeset: [...article.querySelectorAll('.math')].filter(e => e.querySelector('mjx-container')).length,
@@ -174,7 +176,8 @@ def _ids_of(path: str, site: dict) -> set[str]:
 
 
 def test_internal_links_and_images(site):
-    """Every link to a page of this site reaches an existing file and anchor; every image loads."""
+    """Every link to a page of this site reaches an existing file and anchor; every image loads; scripts and
+    stylesheets come from the book itself (it works offline)."""
     problems = []
     for page, info in site["pages"].items():
         for href, absolute in info["links"]:
@@ -194,6 +197,9 @@ def test_internal_links_and_images(site):
         for image in info["images"]:
             if not image["ok"]:
                 problems.append(f"{page}: image {image['src']!r} did not load")
+        for asset in info["assets"]:  # the book must work offline: no CDN for MathJax, fonts or scripts
+            if not asset.startswith(site["base"]):
+                problems.append(f"{page}: loads {asset} from another site; the book must work offline")
     assert not problems, _report(problems)
 
 
