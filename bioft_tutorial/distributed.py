@@ -61,17 +61,25 @@ def init_distributed(device: str | None = None, timeout_s: int = 600) -> DistInf
     this process to GPU ``LOCAL_RANK``.
 
     Args:
-        device: ``"cuda"`` or ``"cpu"``; default CUDA if available.
+        device: ``"cuda"``, ``"cuda:N"`` (one process only; under torchrun each process takes GPU
+            ``LOCAL_RANK``) or ``"cpu"``; default CUDA if available.
         timeout_s: how long a collective may wait for the others before failing, seconds.
+
+    Raises:
+        ValueError: another device type.
     """
     for key, value in SAFE_NCCL_ENV.items():
         os.environ.setdefault(key, value)
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if wanted.type not in ("cuda", "cpu"):
+        raise ValueError(f"device {device!r}: training under torchrun supports 'cuda' (NCCL) or 'cpu' (gloo)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = wanted.type == "cuda"
+    dev = torch.device("cpu")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        dev = torch.device("cuda", wanted.index if world_size == 1 and wanted.index is not None else local_rank)
+        torch.cuda.set_device(dev)
     if world_size == 1 and not dist.is_initialized():
         return DistInfo(device=dev)
     backend = "nccl" if use_cuda else "gloo"

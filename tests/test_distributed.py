@@ -87,6 +87,8 @@ def test_init_single_process_sets_safe_nccl_env(monkeypatch):
     assert info == DistInfo() and info.is_main and not info.is_distributed
     assert os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     monkeypatch.delenv("TORCH_SYMM_MEM_DISABLE_MULTICAST")
+    with pytest.raises(ValueError, match="'cuda'"):
+        distributed.init_distributed("mps")
 
 
 def test_wrap_model_errors_and_single_process_passthrough():

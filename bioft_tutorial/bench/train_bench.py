@@ -31,7 +31,7 @@ import torch
 
 from bioft_tutorial import packing
 from bioft_tutorial.bench.results import write_results
-from bioft_tutorial.bench.train_workload import (PATHS, batch_stats, build_model, free_memory, make_batches,
+from bioft_tutorial.bench.train_workload import (PATHS, Recipe, batch_stats, build_model, free_memory, make_batches,
                                                  matmul_params, memory_stats, peak_tflops, prepare_model,
                                                  protein_lengths, random_chains, step_flops, sync, timed_steps,
                                                  train_step)
@@ -92,11 +92,16 @@ def _chains_for(case: Case, smoke: bool, seed: int) -> list[dict]:
     return random_chains(protein_lengths(max(n, 16), seed, median=median, cap=cap), seed)
 
 
+def case_recipe(case: Case, smoke: bool = False) -> Recipe | None:
+    """The case's recipe; in smoke mode fp32 without compile (bf16 kernels are slow on most CPUs, and the
+    smoke run checks the code, not the speed). ``None`` for the numerics case."""
+    recipe = PATHS.get(case.path)
+    return replace(recipe, frozen_bf16=False, autocast=False, compile=False) if smoke and recipe else recipe
+
+
 def run_case(case: Case, device: torch.device, smoke: bool = False, seed: int = 0) -> dict:
     """Measure one case (see the module docstring); returns its record (without the environment fields)."""
-    recipe = PATHS[case.path]
-    if smoke:  # CPU: fp32 (bf16 kernels are slow on most CPUs), no compile; this checks the code, not speed
-        recipe = replace(recipe, frozen_bf16=False, autocast=False, compile=False)
+    recipe = case_recipe(case, smoke)
     size = "tiny" if smoke else case.model
     chains = _chains_for(case, smoke, seed)
     batches = make_batches(chains, recipe.batching, case.tokens, case.warmup + case.steps, seed)
@@ -263,7 +268,7 @@ def _run_cases(cases: list[Case], args: argparse.Namespace, device: torch.device
             case = replace(case, tokens=512, steps=2, warmup=1, checkpointing=case.checkpointing)
         case = replace(case, steps=args.steps if args.steps is not None else case.steps,
                        warmup=args.warmup if args.warmup is not None else case.warmup)
-        recipe = PATHS.get(case.path)
+        recipe = case_recipe(case, args.smoke)
         record = {"case": case.name, "model": "tiny" if args.smoke else case.model, "method": case.method,
                   "path": case.path, "token_budget": None if case.path in ("naive", "numerics") else case.tokens,
                   "checkpointing": case.checkpointing, "steps": case.steps, "warmup": case.warmup,
