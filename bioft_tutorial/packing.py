@@ -51,18 +51,20 @@ except ImportError:  # older torch: the per-chain SDPA backend is used
 
 # --------------------------------------------------------------------------------------------- batches
 def pack_rows(lengths: Sequence[int], token_budget: int, *, max_chains: int | None = None,
-              sort: bool = False) -> list[list[int]]:
+              sort: bool = False, window: int = 256) -> list[list[int]]:
     """Assign chains to rows of at most ``token_budget`` tokens (first fit).
 
-    Each chain goes into the first row with room for it. With ``sort=True`` chains are taken longest
-    first ("first-fit decreasing", the tightest packing); with ``sort=False`` they keep the given order
-    (shuffle first), so that every row holds a representative mix of lengths.
+    Each chain goes into the first row with room for it among the ``window`` most recently opened rows
+    (older rows count as full, which keeps the cost linear in the number of chains). With ``sort=True``
+    chains are taken longest first ("first-fit decreasing", the tightest packing); with ``sort=False`` they
+    keep the given order (shuffle first), so that every row holds a representative mix of lengths.
 
     Args:
         lengths: tokens per chain (special tokens included).
         token_budget: tokens per row.
         max_chains: at most this many chains per row (keeps ``cu_seq_lens`` a fixed size).
         sort: longest first.
+        window: rows still open for new chains.
 
     Returns:
         Rows as lists of indices into ``lengths``, in the order rows were opened.
@@ -77,8 +79,8 @@ def pack_rows(lengths: Sequence[int], token_budget: int, *, max_chains: int | No
         if lengths[i] > token_budget:
             raise ValueError(f"chain {i} has {lengths[i]} tokens, more than token_budget={token_budget}; "
                              "crop chains to the model limit or raise the budget")
-        for r, free in enumerate(room):
-            if free >= lengths[i] and (max_chains is None or len(rows[r]) < max_chains):
+        for r in range(max(0, len(rows) - window), len(rows)):
+            if room[r] >= lengths[i] and (max_chains is None or len(rows[r]) < max_chains):
                 rows[r].append(i)
                 room[r] -= lengths[i]
                 break

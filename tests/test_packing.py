@@ -49,6 +49,7 @@ def test_pack_rows_first_fit_by_hand():
     assert rows == [[0, 2], [1, 3, 4]]  # 6 -> row 0; 5 -> new row; 4 -> row 0 (6+4); 3, 2 -> row 1
     assert packing.pack_rows([6, 5, 4, 3, 2], 10, max_chains=2) == [[0, 2], [1, 3], [4]]
     assert packing.pack_rows([2, 6, 5, 4], 10, sort=True) == [[1, 3], [2, 0]]
+    assert packing.pack_rows([6, 5, 4, 3, 2], 10, window=1) == [[0], [1, 2], [3, 4]]  # only the newest row open
 
 
 def test_pack_rows_every_chain_once_within_budget():
