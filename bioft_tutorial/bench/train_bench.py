@@ -232,6 +232,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip cases that would end past this, seconds")
     ap.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
     ap.add_argument("--warmup", type=int, help="warm-up steps per case, compile included (default: the case's)")
+    ap.add_argument("--tokens", type=int, help="token budget per step of bucketed and packed cases (default: the "
+                                                "case's: 16,384; 8,192 for 3B and 15B)")
     ap.add_argument("--out", help="results folder (default book/results/gpu; smoke writes only with --out)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, seconds (for tests)")
@@ -267,7 +269,8 @@ def _run_cases(cases: list[Case], args: argparse.Namespace, device: torch.device
         if args.smoke:
             case = replace(case, tokens=512, steps=2, warmup=1, checkpointing=case.checkpointing)
         case = replace(case, steps=args.steps if args.steps is not None else case.steps,
-                       warmup=args.warmup if args.warmup is not None else case.warmup)
+                       warmup=args.warmup if args.warmup is not None else case.warmup,
+                       tokens=args.tokens or case.tokens)
         recipe = case_recipe(case, args.smoke)
         record = {"case": case.name, "model": "tiny" if args.smoke else case.model, "method": case.method,
                   "path": case.path, "token_budget": None if case.path in ("naive", "numerics") else case.tokens,
