@@ -289,7 +289,10 @@ def test_figures_are_numbered_captioned_and_referenced(site):
             label = fig["id"] or "(figure without id)"
             if not fig["number"].strip() or not fig["caption"]:
                 problems.append(f"{page}: figure {label} lacks a number or a caption")
-            if fig["id"] and fig["id"] not in referenced:
+            if re.fullmatch(r"id\d+", fig["id"] or "id0"):
+                problems.append(f"{page}: a figure has no :name:, so the prose cannot refer to it; name it "
+                                f"(e.g. fig05-speed) and cite it with {{numref}}")
+            elif fig["id"] not in referenced:
                 problems.append(f"{page}: figure {label} is never referred to ({{numref}}`{fig['id']}`)")
     assert not problems, _report(problems)
 
