@@ -215,12 +215,12 @@ def _with_oom_retry(run: Callable[[int, int], None], n: int, batch_size: int, wh
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(err):
                 raise
-            if size == 1:
+            if stop - start == 1:
                 raise torch.cuda.OutOfMemoryError(
                     f"out of memory with a batch of one {what}: use a smaller max_residues, a smaller model, "
                     "bfloat16 weights or a GPU with more memory") from err
-            log.warning("out of memory with a batch of %d %ss; retrying with %d", size, what, size // 2)
-            size, failed = size // 2, True
+            size, failed = max(1, (stop - start) // 2), True
+            log.warning("out of memory with a batch of %d %ss; retrying with %d", stop - start, what, size)
         if failed:  # outside the except block, so the traceback no longer pins the batch's tensors
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
