@@ -125,10 +125,12 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest ``step-*`` folders and any leftover temporary folders."""
+    """Delete all but the ``keep`` newest ``step-*`` folders and any leftover temporary folders and files."""
     root = Path(root)
     for tmp in root.glob(".step-*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in root.glob(f".{LATEST}.*.tmp"):  # a pointer update cut short by a crash
+        tmp.unlink(missing_ok=True)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
