@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from typing import Sequence
 
 import numpy as np
@@ -247,6 +248,11 @@ class HFCausalLM(TorchCausalLM):
         except OSError as err:
             raise OSError(f"could not load {name!r}: {err}. Offline (HF_HUB_OFFLINE=1) or without network, only "
                           "checkpoints already in the Hugging Face cache load; pass a local folder instead") from err
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met more than tensors
+            raise pickle.UnpicklingError(
+                f"refused to load {name!r}: its pickled weights (pytorch_model.bin) hold Python objects other than "
+                "tensors, which could run code, so they were not unpickled. Use a checkpoint with model.safetensors; "
+                "do not set weights_only=False for a file you did not make yourself") from err
         self.device = torch.device(device or "cpu")
         self.model, self.tokenizer = model.to(self.device).eval(), tokenizer
         self.name, self.batch_size = str(name), batch_size
