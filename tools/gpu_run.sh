@@ -2,7 +2,9 @@
 # Run GPU measurements on the lent GPU host (see tools/HELPERS.md): install the carried wheels, run the
 # requested bench commands one after another (each with its own time limit, so one failure loses nothing
 # else), and pack book/results/gpu plus the log into $OUT.
-# Usage: bash tools/gpu_run.sh "train --cases naive,package" "zero-shot" ...
+# Usage: bash tools/gpu_run.sh "120@zero-shot" "300@train --budget-s 280" "250@torchrun:train-dist" ...
+#   N@ sets that command's time limit in seconds (default $BENCH_LIMIT or 300); torchrun: runs it under
+#   torchrun with $NPROC (default 2) processes. Results are packed into $OUT after every command.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -23,6 +25,7 @@ nvidia-smi topo -m >>"$LOG" 2>&1
 start=$SECONDS
 for spec in "$@"; do
   limit=${BENCH_LIMIT:-300}
+  if [[ $spec =~ ^([0-9]+)@(.*)$ ]]; then limit=${BASH_REMATCH[1]}; spec=${BASH_REMATCH[2]}; fi
   echo "=== [$((SECONDS-start)) s] bench $spec (limit ${limit}s)" | tee -a "$LOG"
   if [[ $spec == torchrun:* ]]; then
     timeout "$limit" torchrun --standalone --nproc_per_node="${NPROC:-2}" -m bioft_tutorial.bench ${spec#torchrun:} 2>&1 | tee -a "$LOG"
@@ -30,6 +33,6 @@ for spec in "$@"; do
     timeout "$limit" python3 -m bioft_tutorial.bench $spec 2>&1 | tee -a "$LOG"
   fi
   echo "=== exit ${PIPESTATUS[0]} after $((SECONDS-start)) s" | tee -a "$LOG"
+  tar czf "$OUT/results.tgz" book/results/gpu 2>>"$LOG"
 done
-tar czf "$OUT/results.tgz" book/results/gpu 2>>"$LOG"
 echo "done in $((SECONDS-start)) s" | tee -a "$LOG"
