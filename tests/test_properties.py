@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bioft_tutorial import data, zero_shot
+from bioft_tutorial import data
 from bioft_tutorial.data import DataError
 from bioft_tutorial.variants import (Genome, KmerModel, VariantError, WindowCache, parse_vcf, score_variants,
                                      variant_window, window_bounds, write_vcf)

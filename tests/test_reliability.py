@@ -172,7 +172,8 @@ CASES = [
      ["row 1", "'mutated_sequence'", "is not a sequence", "drop rows"]),
     ("predict: stop codon", lambda c: _predict(c, {"q1": "MKTAY*"}), DataError,
      ["sequence 'q1'", "'*' at position 6", "remove stop codons"]),
-    ("predict: gap", lambda c: _predict(c, {"q1": "MK", "q2": "MK-TA"}), DataError, ["sequence 'q2'", "'-' at position 3"]),
+    ("predict: gap", lambda c: _predict(c, {"q1": "MK", "q2": "MK-TA"}), DataError,
+     ["sequence 'q2'", "'-' at position 3"]),
     ("predict: empty", lambda c: _predict(c, {"q1": ""}), DataError, ["sequence 'q1'", "empty sequence"]),
     # mutation strings
     ("mutant: wrong wild type", lambda c: _score(c, WT, ["W5A"]), ValueError,
