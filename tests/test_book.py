@@ -12,8 +12,8 @@ typeset, images loaded), each test fails on one kind of defect:
   MathJax did not turn into ``mjx-container``;
 * an error output (traceback) on a notebook page;
 * a notebook page with fewer figures than its notebook makes (image outputs and ``{glue:figure}``);
-* a figure without a number and caption, or never referred to; a page that does not open with one
-  admonition; a notebook page without its profile banner.
+* a figure without a number and caption, never referred to, or a plot shown bare outside a captioned
+  figure; a page that does not open with one admonition; a notebook page without its profile banner.
 
 Skipped, with the reason, only where no Chromium binary is found (install the Debian packages ``chromium``
 and ``chromium-driver``, as ``.ci/run`` does, or set ``BIOFT_CHROMIUM``). Marked ``browser``: runs last.
@@ -85,6 +85,7 @@ INSPECT_JS = r"""(() => {
       number: (f.querySelector('.caption-number') || {}).textContent || '',
       caption: ((f.querySelector('.caption-text') || f.querySelector('figcaption') || {}).textContent || '').trim()})),
     article_images: [...article.querySelectorAll('img')].filter(loaded).length,
+    loose_images: [...article.querySelectorAll('img')].filter(img => !img.closest('figure')).map(img => img.getAttribute('src')),
     banner: !!article.querySelector('.bioft-profile-banner'),
   };
 })()"""
@@ -281,10 +282,15 @@ def test_notebook_pages_show_their_figures(site):
 
 
 def test_figures_are_numbered_captioned_and_referenced(site):
-    """Every figure has a number and a caption, and some page links to it."""
+    """Every figure has a number and a caption, and some page links to it; no plot is shown bare, outside a
+    captioned figure (a figure glued with ``display=False`` but left open also shows as a plain output)."""
     referenced = {urlsplit(absolute).fragment for info in site["pages"].values() for _, absolute in info["links"]}
     problems = []
     for page, info in site["pages"].items():
+        for src in info["loose_images"]:
+            problems.append(f"{page}: image {src} is shown outside a numbered, captioned figure; show it with "
+                            "{glue:figure}, and close it after glue(..., display=False) (plt.close(fig)) so that "
+                            "it is not shown a second time as a plain output")
         for fig in info["figures"]:
             label = fig["id"] or "(figure without id)"
             if not fig["number"].strip() or not fig["caption"]:
