@@ -84,6 +84,11 @@ class TrainConfig:
         for name in ("max_steps", "token_budget", "grad_accum_steps", "eval_every", "save_every", "min_token_budget"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be an integer >= 1")
+        for name in ("learning_rate", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"TrainConfig.{name}={value!r} must be a number, not {type(value).__name__} "
+                                 f"(a YAML '1e-3' is read as text: write 1.0e-3 or convert with float())")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be > 0 (e.g. 5e-4 for LoRA)")
         if not 0 <= self.warmup_steps < self.max_steps:

@@ -326,11 +326,8 @@ CASES = [
     ("config: lr = 0", lambda c: _config(learning_rate=0.0), ValueError, ["TrainConfig.learning_rate=0.0", "> 0"]),
     ("config: lr < 0", lambda c: _config(learning_rate=-1e-3), ValueError, ["learning_rate=-0.001", "e.g. 5e-4"]),
     ("config: lr NaN", lambda c: _config(learning_rate=float("nan")), ValueError, ["learning_rate=nan", "> 0"]),
-    pytest.param("config: lr as text (YAML '1e-3')", lambda c: _config(learning_rate="1e-3"), ValueError,
-                 ["learning_rate='1e-3'"], id="config: lr as text (YAML '1e-3')",
-                 marks=pytest.mark.xfail(strict=True,
-                                         reason="TrainConfig compares a str with 0 (TypeError); train.py is being "
-                                                "changed by its owner, so the fix is left to them (see report)")),
+    ("config: lr as text (YAML '1e-3')", lambda c: _config(learning_rate="1e-3"), ValueError,
+     ["learning_rate='1e-3'", "must be a number", "float()"]),
     ("config: token budget 0", lambda c: _config(token_budget=0), ValueError,
      ["TrainConfig.token_budget=0", "integer >= 1"]),
     ("config: budget as float", lambda c: _config(token_budget=2048.0), ValueError,

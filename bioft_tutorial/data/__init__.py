@@ -1,0 +1,51 @@
+"""Readers for the book's data, validated on load, and a verified download cache.
+
+Shipped with the package (see ``bioft_tutorial/assets/*/SOURCE.md`` for origin and licence):
+
+* FLIP secondary structure (NetSurfP-2.0 chains, H/E/C labels, resolved-residue mask):
+  :func:`load_flip_secondary_structure`.
+* ProteinGym BLAT_ECOLX_Stiffler_2015 DMS (4,996 single substitutions of TEM-1):
+  :func:`load_blat_dms`, :func:`blat_wild_type`.
+* The Findlay et al. 2018 BRCA1 SGE table and the hg19 chr17 region FASTA: :func:`asset_path`.
+
+Every reader raises :class:`DataError` (a ``ValueError``) naming the file, line or row and the fix.
+"""
+from __future__ import annotations
+
+from .batching import (IGNORE_INDEX, MAX_RESIDUES, collate_padded, crop_windows, dms_split, encode_protein,
+                       secondary_structure_examples, sequence_regression_examples, token_budget_batches)
+from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir, fetch_file, parse_fasta,
+                    read_fasta, read_fasta_headers, sha256_file, write_fasta)
+from .sets import (AMINO_ACIDS, BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,
+                   load_flip_secondary_structure, read_dms_csv, validate_token_labels)
+
+__all__ = [
+    "AMINO_ACIDS",
+    "BLAT_N_MUTANTS",
+    "DataError",
+    "FLIP_SS_COUNTS",
+    "IGNORE_INDEX",
+    "MAX_RESIDUES",
+    "SS_LABELS",
+    "asset_path",
+    "atomic_write_bytes",
+    "blat_wild_type",
+    "collate_padded",
+    "crop_windows",
+    "default_cache_dir",
+    "dms_split",
+    "encode_protein",
+    "fetch_file",
+    "load_blat_dms",
+    "load_flip_secondary_structure",
+    "parse_fasta",
+    "read_dms_csv",
+    "read_fasta",
+    "read_fasta_headers",
+    "secondary_structure_examples",
+    "sequence_regression_examples",
+    "sha256_file",
+    "token_budget_batches",
+    "validate_token_labels",
+    "write_fasta",
+]
