@@ -36,7 +36,7 @@ ESM2_FAMILY: dict[str, dict] = {
     "3B": dict(hub_id="facebook/esm2_t36_3B_UR50D", num_hidden_layers=36, hidden_size=2560, num_attention_heads=40),
     "15B": dict(hub_id="facebook/esm2_t48_15B_UR50D", num_hidden_layers=48, hidden_size=5120, num_attention_heads=40),
 }
-#: Residues per chain the model accepts: 1,026 positions minus <cls> and <eos>.
+#: Residues per chain: ESM-2 was trained on crops of 1,024 tokens, i.e. 1,022 residues plus <cls> and <eos>.
 ESM2_MAX_RESIDUES = 1022
 
 TASKS = {

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 IGNORE_INDEX = -100
-#: Residues per chain ESM-2 accepts (1,026 positions minus <cls> and <eos>).
+#: Residues per chain: ESM-2 was trained on crops of 1,024 tokens (1,022 residues plus <cls> and <eos>).
 MAX_RESIDUES = 1022
 
 
