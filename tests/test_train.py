@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -59,7 +60,7 @@ def one_thread():
 # --- masking, crops, batches ---------------------------------------------------------------------------------
 
 def test_unresolved_residues_and_special_tokens_get_no_label(tokenizer):
-    df = data.pd.DataFrame({"id": ["toy"], "sequence": ["MKHE"], "labels": ["CHEC"], "mask": ["1001"]})
+    df = pd.DataFrame({"id": ["toy"], "sequence": ["MKHE"], "labels": ["CHEC"], "mask": ["1001"]})
     ex = data.secondary_structure_examples(df, tokenizer)[0]
     vocab = tokenizer.get_vocab()
     assert ex["input_ids"] == [tokenizer.cls_token_id, vocab["M"], vocab["K"], vocab["H"], vocab["E"],
@@ -87,7 +88,7 @@ def test_crops_own_each_residue_once(length):
 
 def test_long_chain_is_cropped_with_labels_counted_once(tokenizer):
     seq = "ACDEFGHIKL" * 150  # 1,500 residues
-    df = data.pd.DataFrame({"id": ["long"], "sequence": [seq], "labels": ["H" * 1500], "mask": ["1" * 1500]})
+    df = pd.DataFrame({"id": ["long"], "sequence": [seq], "labels": ["H" * 1500], "mask": ["1" * 1500]})
     ds = data.secondary_structure_examples(df, tokenizer)
     assert len(ds) == 2 and max(len(x) for x in ds["input_ids"]) == 1024
     assert sum(sum(y != -100 for y in lab) for lab in ds["labels"]) == 1500
