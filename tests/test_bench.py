@@ -150,7 +150,7 @@ def test_report_tables_from_stored_results(fake_gpu_dir):
 
     runs = train_report.latest(train_report.load_measured("train", fake_gpu_dir))
     assert set(runs["case"]) >= {"650M-naive", "650M-package", "3B-package", "650M-numerics"}
-    ablation = train_report.ablation_table(runs)
+    ablation = train_report.ablation_table(train_report.load_measured("train", fake_gpu_dir))
     assert list(ablation.index) == ["naive", "bf16", "bf16-base", "packed", "package"]
     assert ablation.loc["package", "× naive"] == pytest.approx(
         ablation.loc["package", "tokens_per_s"] / ablation.loc["naive", "tokens_per_s"])
@@ -179,3 +179,18 @@ def test_report_without_results(tmp_path):
     for fig in (train_report.plot_family(empty), train_report.plot_ablation(empty),
                 train_report.plot_scaling(empty, empty)):
         assert "No GPU measurement" in fig.axes[0].texts[0].get_text()
+
+
+def test_ablation_comes_from_one_run(fake_gpu_dir, tmp_path):
+    """A newer file that re-measured only some paths must not be mixed into the ablation's factors."""
+    from bioft_tutorial.bench import train_report
+
+    payload = json.loads((fake_gpu_dir / "train-20260101T000000Z.json").read_text())
+    complete = {r["path"]: r["tokens_per_s"] for r in payload["results"] if r.get("model") == "650M" and r.get("method") == "lora" and "tokens_per_s" in r}
+    partial = {**payload, "results": [{**r, "tokens_per_s": 10 * r["tokens_per_s"]} for r in payload["results"]
+                                      if r.get("model") == "650M" and r.get("path") in ("naive", "package")]}
+    for name, body in (("train-20260101T000000Z.json", payload), ("train-20260202T000000Z.json", partial)):
+        (tmp_path / name).write_text(json.dumps(body))
+    ablation = train_report.ablation_table(train_report.load_measured("train", tmp_path))
+    assert ablation.attrs["file"] == "train-20260101T000000Z.json"
+    assert ablation["tokens_per_s"].to_dict() == {p: complete[p] for p in ablation.index}

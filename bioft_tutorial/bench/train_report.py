@@ -56,6 +56,11 @@ def _measured(df: pd.DataFrame) -> pd.Series:
     return df.get("error", none).isna() & df.get("skipped", none).isna()
 
 
+def runs_of(df: pd.DataFrame, case: str) -> pd.DataFrame:
+    """Every successful record of one case across the stored files (to show the spread between runs)."""
+    return df[_measured(df) & (df["case"] == case)] if len(df) else df
+
+
 def latest(df: pd.DataFrame) -> pd.DataFrame:
     """The newest successful record of each case, on the GPU of the newest file (one GPU per page)."""
     if df.empty:
@@ -109,15 +114,28 @@ def family_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_table(df: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
-    """What each technique buys: the paths in order, tokens/s, factor over the previous and over naive."""
-    rows = [r for r in (_pick(df, model, p) for p in PATH_LABELS) if r is not None]
-    if not rows:
+    """What each technique buys, from ONE run so that the factors compare like with like.
+
+    ``df`` holds the records of all files (not only :func:`latest`); the run used is the newest file with the
+    most of the ablation's paths (``t.attrs["file"]`` names it). Columns: tokens/s, step time, padding, peak
+    memory, MFU, compile time, and the factor over the previous technique and over the naive recipe.
+    """
+    ok = df[_measured(df)] if len(df) else df
+    if ok.empty or "path" not in ok:
         return pd.DataFrame()
+    ok = ok[(ok["model"] == model) & (ok["method"] == "lora") & ok["path"].isin(list(PATH_LABELS))]
+    if ok.empty:
+        return pd.DataFrame()
+    counts = ok.groupby("file", sort=False)["path"].nunique()
+    run = ok[ok["file"] == counts[counts == counts.max()].index[-1]]
+    rows = [r for r in (_pick(run, model, p) for p in PATH_LABELS) if r is not None]
     t = pd.DataFrame(rows)[["path", "tokens_per_s", "step_s", "pad_fraction", "peak_mem_gib", "mfu", "compile_s"]]
     t.insert(1, "technique", t["path"].map(PATH_LABELS))
     t["× previous"] = t["tokens_per_s"] / t["tokens_per_s"].shift(1)
     t["× naive"] = t["tokens_per_s"] / t["tokens_per_s"].iloc[0] if t["path"].iloc[0] == "naive" else np.nan
-    return t.set_index("path")
+    t = t.set_index("path")
+    t.attrs["file"] = run["file"].iloc[0]
+    return t
 
 
 def method_table(df: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
