@@ -139,7 +139,7 @@ def roc_curves(labels, scores: dict, *, ax=None, title: str = ""):
 
     labels = np.asarray(labels).astype(int)
     if ax is None:
-        fig, ax = new_figure(4.6, 4.2)
+        fig, ax = new_figure(4.6, 5.0)
     for name, score in scores.items():
         score = np.asarray(score, dtype=float)
         keep = np.isfinite(score)
@@ -147,5 +147,6 @@ def roc_curves(labels, scores: dict, *, ax=None, title: str = ""):
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {roc_auc_score(labels[keep], score[keep]):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance (0.5)")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    # below the axes: a curve can pass anywhere inside them
+    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     return ax.figure

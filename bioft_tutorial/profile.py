@@ -60,7 +60,8 @@ class Profile:
         """One line for the top of a page: which profile produced the outputs below."""
         if self.is_smoke:
             return (
-                "Outputs on this page come from the SMOKE profile: tiny random-weight models on a CPU. "
+                "Outputs on this page come from the SMOKE profile: tiny random-weight ESM-2 models and a k-mer DNA "
+                "model on a CPU. "
                 "They show that the code runs and that a model learns; they are not results. "
                 "Run with BIOFT_PROFILE=full on a GPU for real numbers."
             )
