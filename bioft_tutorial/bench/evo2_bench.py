@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bioft_tutorial.bench.results import load_results, write_results
+from bioft_tutorial.bench.results import stored_results as _stored_results
+from bioft_tutorial.bench.results import write_results
 from bioft_tutorial.data import asset_path
 from bioft_tutorial.variants import Genome, TinyDNALM, read_findlay_xlsx, score_variants, variant_window
 from bioft_tutorial.variants.evo2_backend import Evo2LM, build_evo2_random, evo2_config
@@ -236,20 +237,9 @@ def _compare(records: list[dict]) -> list[dict]:
 
 
 def stored_results(results_dir: str | Path | None = None) -> list[dict]:
-    """Measured (non-smoke, error-free, GPU) records of this command from ``book/results/gpu/evo2-*.json``.
+    """Measured GPU records of this command in ``book/results/gpu`` (see :func:`results.stored_results`)."""
+    return _stored_results(COMMAND, results_dir)
 
-    Without ``results_dir`` the folder is looked up from the working directory upwards (a notebook runs in
-    ``notebooks/``), then next to the installed package.
-    """
-    if results_dir is None:
-        here = Path.cwd().resolve()
-        roots = [here, *here.parents, Path(__file__).resolve().parents[2]]
-        results_dir = next((r / "book" / "results" / "gpu" for r in roots if (r / "book" / "results" / "gpu").is_dir()),
-                           None)
-        if results_dir is None:
-            return []
-    records = load_results(f"{COMMAND}-*.json", results_dir)
-    return [r for r in records if not r.get("smoke") and "error" not in r and r.get("gpu") != "cpu"]
 
 
 if __name__ == "__main__":  # pragma: no cover

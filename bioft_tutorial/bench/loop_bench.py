@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from bioft_tutorial import data, lora, models, train
-from bioft_tutorial.bench.results import load_results, write_results
+from bioft_tutorial.bench.results import stored_results as _stored_results
+from bioft_tutorial.bench.results import write_results
 
 log = logging.getLogger(__name__)
 COMMAND = "loop-vs-trainer"
@@ -177,17 +178,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def stored_results(results_dir: str | Path | None = None) -> list[dict]:
-    """Measured GPU records (no smoke run, no failed case) from ``book/results/gpu/loop-vs-trainer-*.json``.
-
-    Without ``results_dir`` the folder is looked up from the working directory upwards (notebooks run in
-    ``notebooks/``), then next to the package (an editable install lives in the repository).
-    """
-    if results_dir is None:
-        here = Path.cwd().resolve()
-        roots = [here, *here.parents, Path(__file__).resolve().parents[2]]
-        results_dir = next((r / "book" / "results" / "gpu" for r in roots if (r / "book" / "results" / "gpu").is_dir()),
-                           None)
-        if results_dir is None:
-            return []
-    records = load_results(f"{COMMAND}-*.json", results_dir)
-    return [r for r in records if not r.get("smoke") and "error" not in r and r.get("gpu") != "cpu"]
+    """Measured GPU records of this command in ``book/results/gpu`` (see :func:`results.stored_results`)."""
+    return _stored_results(COMMAND, results_dir)

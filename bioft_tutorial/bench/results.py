@@ -69,3 +69,24 @@ def load_results(pattern: str = "*.json", results_dir: str | Path | None = None)
         for record in json.loads(path.read_text())["results"]:
             records.append({**record, "file": path.name})
     return records
+
+
+def find_results_dir(results_dir: str | Path | None = None) -> Path | None:
+    """``book/results/gpu`` looked up from the working directory upwards (notebooks run in ``notebooks/``),
+    then beside the package (an editable install lives in the repository); ``None`` if there is none."""
+    if results_dir is not None:
+        return Path(results_dir)
+    here = Path.cwd().resolve()
+    for root in (here, *here.parents, Path(__file__).resolve().parents[2]):
+        if (root / RESULTS_DIR).is_dir():
+            return root / RESULTS_DIR
+    return None
+
+
+def stored_results(command: str, results_dir: str | Path | None = None) -> list[dict]:
+    """Measured GPU records of ``command`` (files ``<command>-*.json``): no smoke run, no failed case."""
+    folder = find_results_dir(results_dir)
+    if folder is None:
+        return []
+    records = load_results(f"{command}-*.json", folder)
+    return [r for r in records if not r.get("smoke") and "error" not in r and r.get("gpu") != "cpu"]

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bioft_tutorial.bench.results import load_results
+from bioft_tutorial.bench.results import find_results_dir, load_results
 
 SIZES = ["8M", "35M", "150M", "650M", "3B", "15B"]
 #: Paths in the order each adds a technique, with the label used in tables and figures.
@@ -21,18 +21,6 @@ PATH_LABELS = {"naive": "naive (fp32, pad to 1,024)", "bf16": "+ bf16 autocast, 
                "bf16-base": "+ frozen weights stored in bf16", "packed": "+ packing, varlen attention",
                "package": "+ compile, static shapes, fused AdamW"}
 COLORS = {"naive": "#7f7f7f", "bf16": "#1f77b4", "bf16-base": "#17becf", "packed": "#2ca02c", "package": "#d62728"}
-
-
-def find_results_dir(results_dir: str | Path | None = None) -> Path | None:
-    """``book/results/gpu`` looked up from the working directory upwards (notebooks run in ``notebooks/``),
-    then beside the package (an editable install lives in the repository); ``None`` if there is none."""
-    if results_dir is not None:
-        return Path(results_dir)
-    here = Path.cwd().resolve()
-    for root in (here, *here.parents, Path(__file__).resolve().parents[2]):
-        if (root / "book" / "results" / "gpu").is_dir():
-            return root / "book" / "results" / "gpu"
-    return None
 
 
 def load_measured(command: str = "train", results_dir: str | Path | None = None) -> pd.DataFrame:

@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 
 from bioft_tutorial import data, models, zero_shot
-from bioft_tutorial.bench.results import load_results, write_results
+from bioft_tutorial.bench.results import stored_results as _stored_results
+from bioft_tutorial.bench.results import write_results
 
 log = logging.getLogger(__name__)
 COMMAND = "zero-shot"
@@ -189,20 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def stored_results(results_dir: str | Path | None = None) -> list[dict]:
-    """Measured (non-smoke, error-free) records of this command from ``book/results/gpu/zero-shot-*.json``.
+    """Measured GPU records of this command in ``book/results/gpu`` (see :func:`results.stored_results`)."""
+    return _stored_results(COMMAND, results_dir)
 
-    Without ``results_dir`` the folder is looked up from the working directory upwards (a notebook runs in
-    ``notebooks/``), then next to the installed package (an editable install lives in the repository).
-    """
-    if results_dir is None:
-        here = Path.cwd().resolve()
-        roots = (here, *here.parents, Path(__file__).resolve().parents[2])
-        candidates = [root / "book" / "results" / "gpu" for root in roots]
-        results_dir = next((c for c in candidates if c.is_dir()), None)
-        if results_dir is None:
-            return []
-    records = load_results(f"{COMMAND}-*.json", results_dir)
-    return [r for r in records if not r.get("smoke") and "error" not in r and r.get("gpu") != "cpu"]
 
 
 if __name__ == "__main__":  # pragma: no cover
