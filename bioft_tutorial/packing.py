@@ -156,6 +156,34 @@ def make_collate(*, pad_to: int | None = None, max_chains: int | None = None, ma
     return collate
 
 
+def static_collate(token_budget: int, shortest_chain: int, pad_token_id: int = 1) -> Callable[..., dict]:
+    """A packed collate with few distinct shapes, for ``torch.compile(dynamic=False)``.
+
+    Each row is padded to ``token_budget / 2**k`` tokens, the smallest such size (>= 1,024) that holds it, and
+    ``cu_seq_lens`` to a fixed size that fits rows of chains of at least ``shortest_chain`` tokens. A run then
+    compiles at most a handful of graphs, also after an out-of-memory back-off halves the token budget.
+
+    Args:
+        token_budget: tokens of the fullest row.
+        shortest_chain: tokens (specials included) of the shortest chain that will be packed.
+        pad_token_id: token id of the padding.
+
+    Returns:
+        ``collate(examples, pad_token_id=pad_token_id) -> dict``, like :func:`collate_packed`.
+    """
+    if shortest_chain < 1:
+        raise ValueError(f"shortest_chain={shortest_chain} must be >= 1 (tokens of the shortest chain)")
+    max_chains = 8 * -(-(token_budget // shortest_chain + -(-token_budget // ESM2_MAX_TOKENS)) // 8)
+
+    def collate(examples: Sequence[dict], pad_token_id: int = pad_token_id) -> dict:
+        tokens = sum(len(ex["input_ids"]) for ex in examples)
+        pad_to = token_budget
+        while pad_to // 2 >= max(tokens, ESM2_MAX_TOKENS):
+            pad_to //= 2
+        return collate_packed(examples, pad_to=pad_to, max_chains=max_chains, pad_token_id=pad_token_id)
+    return collate
+
+
 def collate_padded(examples: Sequence[dict], *, pad_to: int | None = None, pad_token_id: int = 1) -> dict:
     """The usual padded batch ``(B, L)`` with ``attention_mask`` (the reference the packed batch must match).
 

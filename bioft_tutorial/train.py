@@ -35,7 +35,7 @@ import torch.distributed as dist
 from tqdm.std import tqdm
 
 from bioft_tutorial import checkpoint as ckpt
-from bioft_tutorial import distributed
+from bioft_tutorial import distributed, models
 from bioft_tutorial.data import collate_padded, token_budget_batches
 from bioft_tutorial.predict import Examples, evaluate, loss_sum
 
@@ -79,6 +79,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    compile: str | None = None  # None, or a torch.compile backend ("inductor"): each EsmLayer, static shapes
+    checkpointing: bool = False  # activation checkpointing: recompute layers in the backward pass
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "token_budget", "grad_accum_steps", "eval_every", "save_every", "min_token_budget"):
@@ -101,6 +103,9 @@ class TrainConfig:
                              f"{self.max_grad_norm})")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"TrainConfig.early_stopping_patience={self.early_stopping_patience} must be >= 1 or None")
+        if self.compile is not None and self.batching != "packed":
+            raise ValueError(f"TrainConfig.compile={self.compile!r} needs batching='packed' (rows of a few fixed "
+                             f"sizes, so the compiled graph is reused); got batching={self.batching!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; use one of {allowed}")
@@ -176,6 +181,9 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
     train_set = Examples(train_data)
     eval_set = Examples(eval_data) if eval_data is not None else None
     token_budget_batches(train_set.lengths, config.token_budget, padded=run.padded)  # fails early on a long example
+    if config.compile is not None:  # few row sizes, so the compiled layers are reused
+        shortest = min(int(x.lengths.min()) for x in (train_set, eval_set) if x is not None)
+        run.collate = importlib.import_module("bioft_tutorial.packing").static_collate(config.token_budget, shortest)
     out = Path(config.output_dir)
     state = dict(step=0, epoch=0, position=0, token_budget=config.token_budget, best=None, best_step=None, bad_evals=0)
     if config.resume:
@@ -230,6 +238,8 @@ def _setup(model: torch.nn.Module, config: TrainConfig) -> _Run:
     rank, world, device = info.rank, info.world_size, info.device
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     collate, prepare, padded = _batching(config.batching)
+    if config.checkpointing:
+        models.enable_activation_checkpointing(model)
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -239,6 +249,8 @@ def _setup(model: torch.nn.Module, config: TrainConfig) -> _Run:
             if p.is_floating_point():
                 p.data = p.data.to(torch.float32 if p.requires_grad else torch.bfloat16)
     model = prepare(model)
+    if config.compile is not None:
+        models.compile_layers(model, backend=config.compile)
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases, norms
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True if device.type == "cuda" else None)

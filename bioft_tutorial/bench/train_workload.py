@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bioft_tutorial import packing
+from bioft_tutorial import models, packing
 from bioft_tutorial.distributed import DistInfo, all_reduce_sum, gradient_sync, token_loss
 from bioft_tutorial.models import esm2_config, random_esm2, tiny_esm2_config
 
@@ -147,18 +147,10 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe, checkpointing: bool) -
     """Apply the recipe's model-side techniques; returns the attention backend (``"varlen"``/``"sdpa"``)."""
     backend = packing.enable_packed_attention(model) if recipe.batching == "packed" else "sdpa"
     if checkpointing:  # recompute each layer in the backward pass instead of keeping its activations
-        model.config.use_cache = False  # an encoder has no cache; avoids a warning (and a graph break) per layer
-        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-        if enable is not None:
-            enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        models.enable_activation_checkpointing(model)
     if recipe.compile:
-        torch._dynamo.reset()
-        model.enable_input_require_grads()  # layer 0's input then needs grad like the others: one graph
-        for m in model.modules():
-            if type(m).__name__ == "EsmLayer":
-                m.compile(dynamic=False)
+        torch._dynamo.reset()  # a fresh cache per case, so each case's compile time is its own
+        models.compile_layers(model)
     return backend
 
 
