@@ -47,6 +47,7 @@ class Profile:
     dna_batch_size: int
     seed: int = 0
     trainer_max_steps: int = 40  # notebook 03: steps of the Hugging Face Trainer comparison
+    ss_fast_path: bool = False  # notebook 03: packed rows + compiled layers for per-residue training (GPU)
 
     def as_dict(self) -> dict:
         """Plain dict, e.g. for a notebook's parameter table."""
@@ -135,6 +136,7 @@ _FULL = Profile(
     dna_window=8192,
     dna_batch_size=8,
     trainer_max_steps=500,
+    ss_fast_path=True,
 )
 
 
