@@ -20,6 +20,7 @@ Needs torch, transformers and peft (and :mod:`bioft_tutorial.models` for the fam
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -185,5 +186,20 @@ def family_memory_table(sizes: tuple[str, ...] = tuple(ESM2_FAMILY), methods: tu
 
 
 def load_adapter(base_model: PreTrainedModel, folder: str, is_trainable: bool = False) -> PeftModel:
-    """Attach a saved adapter (``save_pretrained`` folder) to a fresh base model of the same shape."""
-    return PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+    """Attach a saved adapter (``save_pretrained`` folder) to a fresh base model of the same shape.
+
+    Raises:
+        FileNotFoundError: no adapter config in ``folder``.
+        pickle.UnpicklingError: an ``adapter_model.bin`` that holds more than tensors (refused, never run).
+    """
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no adapter_config.json; pass the folder that save_pretrained wrote "
+                                "(e.g. runs/ss-lora/best/adapter)")
+    try:
+        return PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met more than tensors
+        raise pickle.UnpicklingError(
+            f"refused to load the adapter in {folder}: its pickled weights (adapter_model.bin) hold Python objects "
+            "other than tensors, which could run code, so they were not unpickled. Save adapters with "
+            "save_pretrained (adapter_model.safetensors); do not set weights_only=False for a file you did not "
+            "make yourself") from err

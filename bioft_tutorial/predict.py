@@ -5,6 +5,7 @@ predicting new sequences. Needs torch, numpy and the package's leaves (``data``,
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterator
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from bioft_tutorial import metrics
 from bioft_tutorial.data import (IGNORE_INDEX, MAX_RESIDUES, SS_LABELS, collate_padded, crop_windows, encode_protein,
                                  token_budget_batches)
+
+log = logging.getLogger(__name__)
 
 
 class Examples:
@@ -86,14 +89,32 @@ def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, 
     model.eval()
     try:
         for indices in token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False)[rank::world]:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v  # a packed batch also holds ints (max_length_*)
-                     for k, v in collate(examples.get(indices), model.config.pad_token_id).items()}
-            labels = batch.pop("labels", None)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(**batch).logits.float().cpu()
-            yield indices, logits, None if labels is None else labels.cpu()
+            yield from _predict_or_split(model, examples, list(indices), device, bf16, collate)
     finally:
         model.train(was_training)
+
+
+def _predict_or_split(model, examples: "Examples", indices: list[int], device: torch.device, bf16: bool,
+                      collate: Callable) -> list[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+    """One batch's logits; on CUDA out of memory, the two halves of the batch (down to one sequence), logged."""
+    try:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v  # a packed batch also holds ints (max_length_*)
+                 for k, v in collate(examples.get(indices), model.config.pad_token_id).items()}
+        labels = batch.pop("labels", None)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**batch).logits.float().cpu()
+        return [(indices, logits, None if labels is None else labels.cpu())]
+    except torch.cuda.OutOfMemoryError:
+        if len(indices) == 1:
+            raise
+    batch = labels = None  # free the failed batch before retrying (outside the except block)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    half = len(indices) // 2
+    log.warning("CUDA out of memory predicting %d sequences: retrying as %d + %d", len(indices), half,
+                len(indices) - half)
+    return (_predict_or_split(model, examples, indices[:half], device, bf16, collate)
+            + _predict_or_split(model, examples, indices[half:], device, bf16, collate))
 
 
 def collect_predictions(model: torch.nn.Module, data, **kwargs) -> tuple[np.ndarray, np.ndarray, float]:

@@ -503,8 +503,10 @@ def test_adapter_and_dna_model_loaders_refuse_a_pickled_bin(tmp_path, marker):
     _lora_model().save_pretrained(str(adapter))
     (adapter / "adapter_model.safetensors").unlink()
     torch.save({"payload": Payload(marker)}, adapter / "adapter_model.bin")
-    with pytest.raises(pickle.UnpicklingError):  # torch.load(weights_only=True) inside PEFT
+    with pytest.raises(pickle.UnpicklingError, match=r"refused to load the adapter in .*not unpickled.*safetensors"):
         lora.load_adapter(models.random_esm2(models.tiny_esm2_config(), "token", 3), str(adapter))
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        lora.load_adapter(models.random_esm2(models.tiny_esm2_config(), "token", 3), str(tmp_path))
     from transformers import GPT2Config, GPT2LMHeadModel
 
     dna = tmp_path / "dna"

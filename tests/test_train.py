@@ -384,3 +384,24 @@ def test_compiled_packed_training_matches_eager(tmp_path):
     np.testing.assert_allclose(compiled_loss, eager_loss, rtol=1e-4)
     for name, value in eager.items():
         torch.testing.assert_close(compiled[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_halves_the_batch_on_out_of_memory(caplog):
+    """An injected CUDA OOM on batches of more than one sequence: predictions are made in halves, logged,
+    and equal the predictions made without the fault."""
+    model, tok = models.load_esm2("tiny", task="token", num_labels=3, seed=0)
+    flip = data.load_flip_secondary_structure("validation", max_chains=6, seed=0)
+    examples = data.secondary_structure_examples(flip, tok, as_dataset=False)
+    y_ref, p_ref, _ = predict.collect_predictions(model, examples, token_budget=8192)
+    forward = model.forward
+
+    def flaky(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return forward(*args, **kwargs)
+
+    model.forward = flaky
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.predict"):
+        y, p, _ = predict.collect_predictions(model, examples, token_budget=8192)
+    assert np.array_equal(y, y_ref) and np.array_equal(p, p_ref)
+    assert any("retrying as" in r.message for r in caplog.records)
