@@ -54,12 +54,12 @@ class Case:
     est_s: float = 20.0  # rough H100 cost, for the time budget
 
     tag: str = ""  # distinguishes variants, e.g. "nockpt"
-    group: str = "headline"  # "headline" (the issue's targets) or "family" (the other sizes)
+    group: str = "headline"  # "headline" (the issue's targets), "family" (the other sizes) or "diagnostic"
 
     @property
     def name(self) -> str:
         """``<model>[-full]-<path>[-<tag>]``, e.g. ``650M-package``, ``650M-full-naive``, ``3B-package-nockpt``."""
-        parts = [self.model, "full" if self.method == "full" else "", self.path, self.tag]
+        parts = [self.model, "" if self.method == "lora" else self.method, self.path, self.tag]
         return "-".join(p for p in parts if p)
 
 
@@ -74,7 +74,11 @@ def _cases() -> list[Case]:
               for size in ("8M", "35M", "150M") for path in ("naive", "bf16", "package")]
     family += [Case("3B", "naive", group="family", est_s=20), Case("3B", "bf16", tokens=8192, group="family", est_s=20),
                Case("3B", "package", tokens=8192, tag="nockpt", group="family", est_s=50)]
-    return head + family
+    # What the LoRA adapters cost (the same step with no adapter: the floor a LoRA step cannot beat), and
+    # whether twice the tokens per step pays.
+    diagnostic = [Case("650M", "package", method="head", group="diagnostic", est_s=30),
+                  Case("650M", "package", tokens=32768, tag="32k", group="diagnostic", est_s=45)]
+    return head + family + diagnostic
 
 
 #: Every case, in the order they run (highest priority first).
@@ -126,6 +130,7 @@ def run_case(case: Case, device: torch.device, smoke: bool = False, seed: int = 
         **memory_stats(device), "mfu": round(flops / seconds / (peak * 1e12), 4) if peak else None,
         "model_tflops_per_s": round(flops / seconds / 1e12, 2), "peak_tflops": peak,
         "compile_s": round(times[0] - steady, 1) if recipe.compile else None, "first_step_s": round(times[0], 2),
+        "step_times_ms": [round(1000 * t, 1) for t in timed],
         "build_s": round(build_s, 1), "attention_backend": backend, "rows_per_step": len(batches[0]["input_ids"]),
         "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "trainable_params": sum(p.numel() for p in trainable),
@@ -228,7 +233,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="comma-separated globs over case names, or groups: headline (default), family, all "
                          "(see --list)")
     ap.add_argument("--model", default="all", help="only cases of this ESM-2 size, e.g. 650M")
-    ap.add_argument("--method", default="all", choices=["all", "lora", "full"])
+    ap.add_argument("--method", default="all", choices=["all", "lora", "full", "head"])
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip cases that would end past this, seconds")
     ap.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
     ap.add_argument("--warmup", type=int, help="warm-up steps per case, compile included (default: the case's)")

@@ -123,14 +123,22 @@ def batch_stats(batch: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- model
 def build_model(size: str, method: str, recipe: Recipe, device: torch.device, lora_r: int = 8) -> torch.nn.Module:
-    """ESM-2 for token classification (3 classes), random weights, LoRA or all weights trainable.
+    """ESM-2 for token classification (3 classes), random weights: LoRA, all weights, or the head trainable.
+
+    ``method="head"`` (only the classifier trains, gradients still flow through every layer once
+    :func:`prepare_model` compiles it) is the floor a LoRA step cannot beat: the frozen model's forward
+    and input-gradient passes, without any adapter.
 
     Frozen weights are built directly in bf16 on ``device`` when the recipe stores them in bf16 (a 15B
     model never exists in fp32); trainable weights (LoRA, the head) are fp32.
     """
     config = tiny_esm2_config() if size == "tiny" else esm2_config(size)
-    dtype = torch.bfloat16 if recipe.frozen_bf16 and method == "lora" else torch.float32
+    dtype = torch.bfloat16 if recipe.frozen_bf16 and method in ("lora", "head") else torch.float32
     model = random_esm2(config, task="token", num_labels=3, dtype=dtype, device=device)
+    if method == "head":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("classifier")
+        model.enable_input_require_grads()  # the backward pass runs through every layer, as LoRA's does
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -164,7 +172,7 @@ def step_flops(size: str, method: str, stats: dict) -> float:
     """Useful FLOPs of one step: ``c * N`` per real token (c = 4 for LoRA: forward and input gradients; 6
     for full fine-tuning: plus weight gradients) plus attention, ``12 * L**2 * hidden`` per chain and layer."""
     config = tiny_esm2_config() if size == "tiny" else esm2_config(size)
-    coef = 4 if method == "lora" else 6
+    coef = 6 if method == "full" else 4
     return coef * matmul_params(size) * stats["real"] + 12 * stats["sq"] * config.hidden_size * config.num_hidden_layers
 
 
