@@ -31,7 +31,7 @@ def test_smoke_run_writes_one_file_with_every_field(smoke_records):
     records, out = smoke_records
     (path,) = out.glob("train-smoke-*.json")  # one file per run, rewritten after each case
     stored = json.loads(path.read_text())
-    assert stored["command"] == "train" and len(stored["results"]) == len(records) == 9
+    assert stored["command"] == "train" and len(stored["results"]) == len(records) == 10
     for r in stored["results"]:
         assert "error" not in r, r
         assert r["smoke"] is True and r["model"] == "tiny"
@@ -44,6 +44,9 @@ def test_smoke_run_writes_one_file_with_every_field(smoke_records):
     assert by_case["650M-full-package"]["baseline_tokens_per_s"] == by_case["650M-full-naive"]["tokens_per_s"]
     assert by_case["650M-package"]["pad_fraction"] < 0.05 < by_case["650M-naive"]["pad_fraction"]
     assert by_case["3B-package"]["checkpointing"] is True
+    head = tiny_esm2_config().hidden_size * 3 + 3  # the classifier (3 classes) is all the head case trains
+    assert by_case["650M-head-package"]["trainable_params"] == head
+    assert len(by_case["650M-package"]["step_times_ms"]) == by_case["650M-package"]["steps"]
     assert results.load_results("train-smoke-*.json", out)[0]["file"] == path.name
 
 
@@ -166,6 +169,28 @@ def test_report_tables_from_stored_results(fake_gpu_dir):
         assert fig.axes
     provenance = train_report.provenance(train_report.load_measured("train", fake_gpu_dir))
     assert provenance.loc["train-20260101T000000Z.json", "gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_head_case_backpropagates_through_every_layer():
+    """The head case is the floor of a LoRA step only if its backward pass runs through the whole encoder."""
+    model = train_workload.build_model("tiny", "head", train_workload.PATHS["naive"], torch.device("cpu"))
+    reached = []
+    model.esm.encoder.layer[0].register_full_backward_hook(lambda *args: reached.append(True))
+    batch = packing.collate_padded(train_workload.random_chains(np.array([20, 30]), 0))
+    labels = batch.pop("labels")
+    torch.nn.functional.cross_entropy(model(**batch).logits.flatten(0, 1), labels.flatten()).backward()
+    assert reached and all(p.grad is None for n, p in model.named_parameters() if not n.startswith("classifier"))
+
+
+def test_adapter_cost_from_one_run(fake_gpu_dir):
+    from bioft_tutorial.bench import train_report
+
+    cost = train_report.adapter_cost(train_report.load_measured("train", fake_gpu_dir))
+    stored = {r["case"]: r for r in json.loads((fake_gpu_dir / cost["file"]).read_text())["results"]}
+    lora, head = (np.median(stored[c]["step_times_ms"]) for c in ("650M-package", "650M-head-package"))
+    assert cost["lora_step_ms"] == pytest.approx(lora) and cost["head_step_ms"] == pytest.approx(head)
+    assert cost["adapter_share"] == pytest.approx(1 - head / lora)
+    assert train_report.adapter_cost(pd.DataFrame()) is None
 
 
 def test_report_without_results(tmp_path):

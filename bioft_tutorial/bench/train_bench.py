@@ -85,7 +85,7 @@ def _cases() -> list[Case]:
 CASES: list[Case] = _cases()
 #: ``--smoke`` runs one case per recipe (all on the tiny model).
 SMOKE_CASES = ("650M-naive,650M-package,3B-package,650M-numerics,650M-bf16,650M-bf16-base,650M-packed,"
-               "650M-full-naive,650M-full-package")
+               "650M-full-naive,650M-full-package,650M-head-package")
 
 
 def _chains_for(case: Case, smoke: bool, seed: int) -> list[dict]:

@@ -76,8 +76,34 @@ def provenance(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pick(df: pd.DataFrame, model: str, path: str, method: str = "lora") -> pd.Series | None:
-    rows = df[(df["model"] == model) & (df["path"] == path) & (df["method"] == method)] if len(df) else df
+    """The newest record of the plain case (``650M-package``, ``650M-full-naive``; no variant tags)."""
+    case = "-".join(p for p in (model, "" if method == "lora" else method, path) if p)
+    rows = df[df["case"] == case] if len(df) else df
     return None if rows.empty else rows.iloc[-1]
+
+
+def adapter_cost(df: pd.DataFrame, model: str = "650M") -> dict | None:
+    """What LoRA's adapters cost per step: the package path with LoRA against the same step with no adapter.
+
+    The ``head`` case trains only the classifier but still runs the backward pass through every layer
+    (input gradients), so its step is the floor a LoRA step cannot beat. Both records come from the newest
+    file that holds both (one run, one machine); step times are medians over the timed steps. Returns
+    ``None`` if no file has both.
+    """
+    ok = df[_measured(df)] if len(df) else df
+    if ok.empty:
+        return None
+    lora, head = f"{model}-package", f"{model}-head-package"
+    files = [f for f, g in ok.groupby("file", sort=False) if {lora, head} <= set(g["case"])]
+    if not files:
+        return None
+    run = ok[ok["file"] == files[-1]].set_index("case")
+    a, b = run.loc[lora], run.loc[head]
+    step_ms = lambda r: float(np.median(r["step_times_ms"])) if isinstance(r.get("step_times_ms"), list) \
+        else 1000 * r["step_s"]  # noqa: E731 - the median step: one stalled step does not move it
+    return {"file": files[-1], "gpu": a["gpu"], "lora_tokens_per_s": a["tokens_per_s"],
+            "head_tokens_per_s": b["tokens_per_s"], "lora_step_ms": step_ms(a), "head_step_ms": step_ms(b),
+            "adapter_share": 1 - step_ms(b) / step_ms(a)}
 
 
 def family_table(df: pd.DataFrame) -> pd.DataFrame:
