@@ -25,20 +25,20 @@ import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bioft_tutorial.data import AMINO_ACIDS, MAX_RESIDUES
+from bioft_tutorial.oom import halving_batches
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase as Tokenizer
 
 log = logging.getLogger(__name__)
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-#: Residues per window: ESM-2 takes 1,024 tokens, i.e. 1,022 residues plus ``<cls>`` and ``<eos>``
-#: (the same value as ``models.ESM2_MAX_RESIDUES``, repeated so that this module stands alone).
-MAX_RESIDUES = 1022
+_ADVICE = "use a smaller max_residues, a smaller model, bfloat16 weights or a GPU with more memory"
 METHODS = ("wt-marginal", "masked-marginal")
 _MUTANT = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
 
@@ -199,36 +199,6 @@ def _aa_log_probs(model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch
     return torch.log_softmax(logits[..., aa_ids].float(), dim=-1)
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(err, oom) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
-
-
-def _with_oom_retry(run: Callable[[int, int], None], n: int, batch_size: int, what: str, bar) -> None:
-    """Call ``run(start, stop)`` over ``range(n)`` in chunks of ``batch_size``; on out-of-memory halve the chunk
-    and retry, down to one item (then re-raise with advice), logging each step down."""
-    start, size = 0, max(1, int(batch_size))
-    while start < n:
-        stop, failed = min(start + size, n), False
-        try:
-            run(start, stop)
-        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(err):
-                raise
-            if stop - start == 1:
-                raise torch.cuda.OutOfMemoryError(
-                    f"out of memory with a batch of one {what}: use a smaller max_residues, a smaller model, "
-                    "bfloat16 weights or a GPU with more memory") from err
-            size, failed = max(1, (stop - start) // 2), True
-            log.warning("out of memory with a batch of %d %ss; retrying with %d", stop - start, what, size)
-        if failed:  # outside the except block, so the traceback no longer pins the batch's tensors
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        bar.update(stop - start)
-        start = stop
-
-
 # --- scoring -----------------------------------------------------------------------------------------
 def position_log_probs(
     model: torch.nn.Module, tokenizer: Tokenizer, wt_seq: str, positions: Sequence[int], *, masked: bool,
@@ -270,7 +240,9 @@ def position_log_probs(
             index = torch.as_tensor(np.stack([row_of[sel] - b0, token_of[sel]]), device=device)
             out[sel] = log_probs[index[0], index[1]].double().cpu().numpy()
 
-        _with_oom_retry(run, len(rows), batch_size, "sequence", bar)
+        for chunk, _ in halving_batches(lambda b: run(b[0], b[-1] + 1), range(len(rows)), batch_size, "sequence",
+                                        _ADVICE):
+            bar.update(len(chunk))
     return out
 
 
@@ -372,7 +344,9 @@ def embed(
                 residues = hidden[row, 1:len(seqs[i]) + 1]
                 out[i] = (residues.mean(0) if pooling == "mean" else residues).cpu().numpy()
 
-        _with_oom_retry(run, len(order), batch_size, "sequence", bar)
+        for chunk, _ in halving_batches(lambda b: run(b[0], b[-1] + 1), range(len(order)), batch_size, "sequence",
+                                        _ADVICE):
+            bar.update(len(chunk))
     if pooling == "per-residue":
         return out
     return np.stack(out) if out else np.empty((0, _encoder(model).config.hidden_size), dtype=np.float32)

@@ -12,8 +12,9 @@ Every reader raises :class:`DataError` (a ``ValueError``) naming the file, line 
 """
 from __future__ import annotations
 
-from .batching import (IGNORE_INDEX, MAX_RESIDUES, collate_padded, crop_windows, dms_split, encode_protein,
-                       secondary_structure_examples, sequence_regression_examples, token_budget_batches)
+from .batching import IGNORE_INDEX, MAX_RESIDUES, collate_padded, token_budget_batches
+from .examples import (crop_windows, dms_split, encode_protein, secondary_structure_examples,
+                       sequence_regression_examples)
 from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir, fetch_file, parse_fasta,
                     read_fasta, read_fasta_headers, sha256_file, write_fasta)
 from .sets import (AMINO_ACIDS, BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,

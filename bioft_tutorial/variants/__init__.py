@@ -32,15 +32,15 @@ from .io import (parse_vcf, read_findlay_xlsx, read_variants_csv, read_vcf, stan
                  write_vcf)
 from .lms import DNALanguageModel, KmerModel, encode_bases
 from .neural import HFCausalLM, TinyCausalTransformer, TinyDNALM, TorchCausalLM, perplexity, token_log_probs
-from .scoring import SCORE_COLUMNS, batches_with_oom_retry, is_out_of_memory, score_variants
+from .scoring import SCORE_COLUMNS, score_variants
 from .windows import (DEFAULT_WINDOW, VariantWindow, outside, reverse_complement, substitute, variant_window,
                       window_bounds)
 
 __all__ = [
     "Contig", "DEFAULT_WINDOW", "DNALanguageModel", "Evo2LM", "Genome", "HFCausalLM", "KmerModel", "PROBLEMS",
     "SCORE_COLUMNS", "TinyCausalTransformer", "TinyDNALM", "TorchCausalLM", "VariantError", "VariantWindow",
-    "WindowCache", "as_genome", "batches_with_oom_retry", "canonical_contig", "check_variants",
-    "describe_problems", "encode_bases", "problem_report", "is_out_of_memory", "outside", "parse_region_id", "parse_vcf",
+    "WindowCache", "as_genome", "canonical_contig", "check_variants",
+    "describe_problems", "encode_bases", "problem_report", "outside", "parse_region_id", "parse_vcf",
     "perplexity", "raise_for_problems", "read_findlay_xlsx", "read_variants_csv", "read_vcf", "reverse_complement",
     "score_variants", "standardize_variants", "substitute", "token_log_probs", "variant_window", "window_bounds",
     "write_vcf",

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from ..oom import halving_batches
 from .cache import WindowCache
 from .checks import check_variants, problem_report, raise_for_problems
 from .genome import Genome, as_genome
@@ -35,40 +35,7 @@ from .windows import DEFAULT_WINDOW, reverse_complement, substitute, window_boun
 
 logger = logging.getLogger(__name__)
 SCORE_COLUMNS = ("ref_ll", "alt_ll", "delta_ll")
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for a CUDA (or other accelerator) out-of-memory error."""
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(err, oom) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
-
-
-def batches_with_oom_retry(fn: Callable[[list], object], items: Sequence, batch_size: int,
-                           what: str = "window") -> Iterator[tuple[list, object]]:
-    """Yield ``(chunk, fn(chunk))`` over ``items`` in chunks of ``batch_size``, halving it on out-of-memory.
-
-    The batch size never grows back within a run. Raises the last error, with advice, when even a chunk of one
-    item does not fit.
-    """
-    start, size = 0, max(1, int(batch_size))
-    while start < len(items):
-        chunk, failed = list(items[start:start + size]), False
-        try:
-            result = fn(chunk)
-        except Exception as err:  # noqa: BLE001 (re-raised unless it is an OOM)
-            if not is_out_of_memory(err):
-                raise
-            if size == 1:
-                raise RuntimeError(f"out of accelerator memory scoring a single {what}: use a shorter window, "
-                                   "a smaller model or a GPU with more memory") from err
-            logger.warning("out of memory with a batch of %d %ss; retrying with %d", size, what, size // 2)
-            size, failed = size // 2, True
-        if failed:  # outside the except block, so the traceback no longer pins the batch's tensors
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        yield chunk, result
-        start += len(chunk)
+_ADVICE = "use a shorter window, a smaller model or a GPU with more memory"
 
 
 def score_variants(lm, genome: Genome | str | Path | Mapping[str, str], variants: pd.DataFrame,
@@ -195,12 +162,12 @@ def _score_plan(lm, plan: dict, rc: bool, cache: WindowCache | None, batch_size:
             bar.update(len(seqs))
 
         plain.sort(key=len)
-        for chunk, values in batches_with_oom_retry(lambda c: lm.log_likelihoods(c, reduce="mean"), plain,
-                                                    batch_size):
+        for chunk, values in halving_batches(lambda c: lm.log_likelihoods(c, reduce="mean"), plain, batch_size,
+                                             "window", _ADVICE):
             keep(chunk, values)
         for _, bucket in _buckets(pending).items():
-            for chunk, (ref_ll, alt_ll) in batches_with_oom_retry(lambda c: _shared(lm, c), bucket,
-                                                                  batch_size, "reference window"):
+            for chunk, (ref_ll, alt_ll) in halving_batches(lambda c: _shared(lm, c), bucket, batch_size,
+                                                           "reference window", _ADVICE):
                 keep([g[0] for g in chunk], ref_ll)
                 keep([a for g in chunk for a in g[1]], alt_ll)
     return scores, stats
