@@ -22,16 +22,15 @@ The module imports nothing from the rest of the package: copy it next to torch, 
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bioft_tutorial.data import AMINO_ACIDS, MAX_RESIDUES
+from bioft_tutorial.data import (AMINO_ACIDS, MAX_RESIDUES, Substitution, parse_mutant,  # noqa: F401 (re-exported)
+                                 single_mutants)
 from bioft_tutorial.oom import halving_batches
 
 if TYPE_CHECKING:
@@ -40,85 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _ADVICE = "use a smaller max_residues, a smaller model, bfloat16 weights or a GPU with more memory"
 METHODS = ("wt-marginal", "masked-marginal")
-_MUTANT = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
-
-
-@dataclass(frozen=True)
-class Substitution:
-    """One amino-acid change: ``wt`` at ``position`` (1-based, in ``wt_seq``) becomes ``mt``."""
-
-    wt: str
-    position: int
-    mt: str
-
-
-# --- parsing -----------------------------------------------------------------------------------------
-def parse_mutant(mutant: str, wt_seq: str, offset: int = 0) -> tuple[Substitution, ...]:
-    """Parse and check a ProteinGym-style mutant such as ``"A42G"`` or ``"A42G:T50C"``.
-
-    Args:
-        mutant: substitutions ``<wild-type aa><position><mutant aa>`` joined by ``":"``.
-        wt_seq: the wild-type sequence the mutant refers to.
-        offset: subtracted from each written position to get the 1-based position in ``wt_seq``:
-            ``0`` when the mutant is numbered like ``wt_seq`` (ProteinGym), ``23`` when ``wt_seq``
-            starts at residue 24 of the numbering the mutants use.
-
-    Returns:
-        The substitutions, positions 1-based in ``wt_seq``.
-
-    Raises:
-        ValueError: bad format, a letter outside the 20 amino acids, a position outside ``wt_seq``,
-            a wild-type letter that does not match ``wt_seq`` (the message suggests an offset when a
-            neighbour matches), or a position that appears twice.
-    """
-    if not isinstance(mutant, str) or not mutant.strip():
-        raise ValueError(f"mutant {mutant!r}: expected text like 'A42G' or 'A42G:T50C'")
-    subs = tuple(_parse_one(mutant, part.strip(), wt_seq, offset) for part in mutant.split(":"))
-    positions = [s.position for s in subs]
-    twice = [p for p in positions if positions.count(p) > 1]
-    if twice:
-        raise ValueError(f"mutant {mutant!r}: position {twice[0] + offset} appears twice; a variant changes each "
-                         "position at most once (merge or drop the duplicate)")
-    return subs
-
-
-def _parse_one(mutant: str, part: str, wt_seq: str, offset: int) -> Substitution:
-    match = _MUTANT.match(part)
-    if match is None:
-        raise ValueError(f"mutant {mutant!r}: {part!r} is not like 'A42G' (wild-type letter, 1-based position, "
-                         "mutant letter); join several substitutions with ':'")
-    wt, written, mt = match.group(1), int(match.group(2)), match.group(3)
-    for letter in (wt, mt):
-        if letter not in AMINO_ACIDS:
-            hint = " (use upper case)" if letter.upper() in AMINO_ACIDS else ""
-            raise ValueError(f"mutant {mutant!r}: {letter!r} is not one of the 20 amino acids {AMINO_ACIDS}{hint}")
-    position = written - offset
-    if not 1 <= position <= len(wt_seq):
-        where = f"position {written}" + (f" (= {position} with offset={offset})" if offset else "")
-        hint = ("positions are 1-based; for 0-based numbering use offset=-1" if position == 0 else
-                "is it numbered for a longer construct? Set offset so that position - offset indexes wt_seq")
-        raise ValueError(f"mutant {mutant!r}: {where} is outside the sequence of {len(wt_seq)} residues "
-                         f"(1..{len(wt_seq)}); {hint}")
-    if wt_seq[position - 1] != wt:
-        raise ValueError(_mismatch_message(mutant, wt, written, position, wt_seq, offset))
-    return Substitution(wt, position, mt)
-
-
-def _mismatch_message(mutant: str, wt: str, written: int, position: int, wt_seq: str, offset: int) -> str:
-    written_as = f"; written {written} with offset={offset}" if offset else ""
-    msg = f"mutant {mutant!r}: sequence has {wt_seq[position - 1]!r} at position {position} (1-based{written_as})"
-    for shift in (-1, 1):
-        near = position + shift
-        if 1 <= near <= len(wt_seq) and wt_seq[near - 1] == wt:
-            return (f"{msg}; it has {wt!r} at {near} — is your numbering offset by one? "
-                    f"Try offset={offset - shift}")
-    return (f"{msg}, not {wt!r}; check that wt_seq is the sequence these mutants were written for, and their "
-            "numbering (set offset if they use another scheme)")
-
-
-def single_mutants(wt_seq: str) -> list[str]:
-    """All 19 x ``len(wt_seq)`` single substitutions, e.g. ``["M1A", "M1C", ...]`` (1-based)."""
-    return [f"{wt}{i}{mt}" for i, wt in enumerate(wt_seq, start=1) for mt in AMINO_ACIDS if mt != wt]
 
 
 # --- windows -----------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_dms_csv_errors(tmp_path):
     with pytest.raises(DataError, match=r"row 3.*NaN"):
         data.read_dms_csv(path, wt)
     path.write_text("mutant,DMS_score\nK3A,0.1\n")
-    with pytest.raises(DataError, match=r"row 2.*expects 'K' at position 3.*has 'T'.*offset"):
+    with pytest.raises(DataError, match=r"d.csv, row 2: mutant 'K3A'.*has 'T' at position 3.*Try offset=1"):
         data.read_dms_csv(path, wt)
     path.write_text("mutant,score\nK2A,0.1\n")
     with pytest.raises(DataError, match=r"missing column\(s\) \['DMS_score'\]"):
@@ -132,3 +132,52 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     data.atomic_write_bytes(target, b"abc")
     data.atomic_write_bytes(target, b"defg")
     assert target.read_bytes() == b"defg" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+# --- mutants -------------------------------------------------------------------------------------------
+def test_mutants_from_sequences_diffs_against_the_wild_type():
+    wt = "MKTAYIAK"
+    variants = ["MKTAYIAK", "AKTAEIAK", "MKTAYIAW"]
+    assert data.mutants_from_sequences(wt, variants) == ["", "M1A:Y5E", "K8W"]
+    assert data.mutants_from_sequences(wt, variants, offset=38) == ["", "M39A:Y43E", "K46W"]
+    for mutant, seq in zip(data.mutants_from_sequences(wt, variants, offset=38), variants):
+        assert data.apply_mutant(wt, mutant, offset=38) == seq  # parse_mutant reads each back
+
+
+@pytest.mark.parametrize("sequences, fragments", [
+    (["MKTAYIAK", "MKTAY"], ["seqs.csv, row 2", "5 residues", "wild type has 8", "align insertions"]),
+    (pd.Series(["MKTAYIAK", "MK*AYIAK"], index=[2, 3]), ["seqs.csv, row 3", "'*' at position 3"]),
+    (["MKTAYIAk"], ["row 1", "'k' at position 8", "use upper case"]),
+    ([None], ["row 1", "None is not a sequence"]),
+])
+def test_mutants_from_sequences_errors_name_the_row(sequences, fragments):
+    with pytest.raises(ValueError) as err:
+        data.mutants_from_sequences("MKTAYIAK", sequences, source="seqs.csv")
+    assert all(f in str(err.value) for f in fragments), str(err.value)
+
+
+@pytest.mark.parametrize("written", ["", "WT", "wt", "_wt", " WT "])
+def test_the_wild_type_parses_to_no_substitution(written):
+    assert data.parse_mutant(written, "MKT") == () and data.is_wild_type(written)
+
+
+def test_read_dms_csv_reads_multi_mutants_offsets_and_the_wild_type(tmp_path):
+    wt = "VDGVAKGL"  # residues 39..46 of a longer numbering: offset 38
+    path = tmp_path / "gb1.csv"
+    path.write_text("mutant,fitness\nV39A:D40F,0.5\nWT,1.0\n,0.9\nG41C,0.1\n")
+    df = data.read_dms_csv(path, wt, score_column="fitness", offset=38)
+    assert df.index.tolist() == [2, 3, 4, 5] and df.index.name == "row"
+    assert df["mutant"].tolist() == ["V39A:D40F", "WT", "", "G41C"]
+    assert df["n_mutations"].tolist() == [2, 0, 0, 1]
+    assert df["position"].isna().tolist() == [True, True, True, False] and df["position"].iloc[3] == 3
+    assert df["mutated_sequence"].tolist() == ["AFGVAKGL", wt, wt, "VDCVAKGL"]
+    with pytest.raises(DataError, match=r"gb1.csv, row 2: mutant 'V39A:D40F'.*outside.*offset"):
+        data.read_dms_csv(path, wt, score_column="fitness")  # forgot the offset
+
+
+def test_read_dms_csv_checks_a_given_mutated_sequence(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("mutant\tDMS_score\tmutated_sequence\nK2A\t0.1\tMATAY\nY5W\t0.2\tMKTAF\n")
+    with pytest.raises(DataError, match=r"d.tsv, row 3: column 'mutated_sequence'.*'Y5W'.*position 5 has 'F', "
+                                        r"expected 'W'"):
+        data.read_dms_csv(path, "MKTAY")

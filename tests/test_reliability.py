@@ -196,7 +196,7 @@ CASES = [
     ("mutant: not text", lambda c: zero_shot.parse_mutant(None, WT), ValueError, ["None", "like 'A42G'"]),
     ("mutants: a bare string", lambda c: _score(c, WT, "K2A"), TypeError, ["'K2A'", "wrap it: ['K2A']"]),
     ("dms csv: wrong wild type", lambda c: _dms(c, "mutant,DMS_score\nK2A,0.1\nK3A,0.2\n"), DataError,
-     ["dms.csv, row 3", "'K3A'", "has 'T'", "check the numbering offset"]),
+     ["dms.csv, row 3", "'K3A'", "has 'T'", "Try offset=1"]),
     ("dms csv: malformed mutant", lambda c: _dms(c, "mutant,DMS_score\nK2A,0.1\nK2,0.2\n"), DataError,
      ["dms.csv, row 3", "'K2'", "like 'A42G'"]),
     # FASTA

@@ -190,7 +190,7 @@ def test_parse_mutant_returns_1_based_substitutions():
     ("K2A:K2G", 0, ["'K2A:K2G'", "position 2 appears twice"]),
     ("M1", 0, ["'M1'", "not like 'A42G'"]),
     ("K2A;Y5W", 0, ["'K2A;Y5W'", "join several substitutions with ':'"]),
-    ("", 0, ["expected text like 'A42G'"]),
+    (None, 0, ["expected text like 'A42G'", "write the wild type as 'WT'"]),
 ])
 def test_parse_errors_say_what_is_wrong_and_how_to_fix_it(mutant, offset, fragments):
     with pytest.raises(ValueError) as err:

@@ -12,22 +12,28 @@ Every reader raises :class:`DataError` (a ``ValueError``) naming the file, line 
 """
 from __future__ import annotations
 
-from .batching import IGNORE_INDEX, MAX_RESIDUES, collate_padded, token_budget_batches
+from .batching import IGNORE_INDEX, MAX_RESIDUES, Examples, collate_padded, padding_fraction, token_budget_batches
 from .examples import (crop_windows, dms_split, encode_protein, secondary_structure_examples,
                        sequence_regression_examples)
 from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir, fetch_file, parse_fasta,
                     read_fasta, read_fasta_headers, sha256_file, write_fasta)
-from .sets import (AMINO_ACIDS, BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,
+from .mutants import (AMINO_ACIDS, WILD_TYPE_NAMES, Substitution, apply_mutant, is_wild_type,
+                      mutants_from_sequences, parse_mutant, single_mutants)
+from .sets import (BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,
                    load_flip_secondary_structure, read_dms_csv, validate_token_labels)
 
 __all__ = [
     "AMINO_ACIDS",
     "BLAT_N_MUTANTS",
     "DataError",
+    "Examples",
     "FLIP_SS_COUNTS",
     "IGNORE_INDEX",
     "MAX_RESIDUES",
     "SS_LABELS",
+    "Substitution",
+    "WILD_TYPE_NAMES",
+    "apply_mutant",
     "asset_path",
     "atomic_write_bytes",
     "blat_wild_type",
@@ -37,15 +43,20 @@ __all__ = [
     "dms_split",
     "encode_protein",
     "fetch_file",
+    "is_wild_type",
     "load_blat_dms",
     "load_flip_secondary_structure",
+    "mutants_from_sequences",
+    "padding_fraction",
     "parse_fasta",
+    "parse_mutant",
     "read_dms_csv",
     "read_fasta",
     "read_fasta_headers",
     "secondary_structure_examples",
     "sequence_regression_examples",
     "sha256_file",
+    "single_mutants",
     "token_budget_batches",
     "validate_token_labels",
     "write_fasta",

@@ -9,18 +9,20 @@ Shipped with the package (see ``bioft_tutorial/assets/*/SOURCE.md`` for origin a
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .files import DataError, asset_path, read_fasta, read_fasta_headers
+from .mutants import AMINO_ACIDS, WILD_TYPE_NAMES, apply_mutant, parse_mutant  # noqa: F401 (AMINO_ACIDS re-exported)
 
 SS_LABELS = "HEC"  # helix, strand, coil: the label order used everywhere (class ids 0, 1, 2)
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 #: Split sizes of the shipped FLIP secondary-structure data (checked on load).
 FLIP_SS_COUNTS = {"train": 9712, "validation": 1080, "test": 364}
 BLAT_N_MUTANTS = 4996
+logger = logging.getLogger(__name__)
 
 
 def _header_fields(header: str) -> dict[str, str]:
@@ -115,49 +117,112 @@ def load_blat_dms(max_mutants: int | None = None, seed: int = 0) -> pd.DataFrame
     if len(df) != BLAT_N_MUTANTS:
         raise DataError(f"{path}: {len(df)} rows, expected {BLAT_N_MUTANTS}; reinstall the package")
     if max_mutants is not None and max_mutants < len(df):
-        df = df.sample(n=max_mutants, random_state=seed).reset_index(drop=True)
+        df = df.sample(n=max_mutants, random_state=seed)
     return df
 
 
-def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score") -> pd.DataFrame:
-    """Read a ProteinGym-style CSV of single substitutions and check it against ``wt_seq``."""
+def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score", offset: int = 0,
+                 mutant_column: str = "mutant") -> pd.DataFrame:
+    """Read a deep-mutational-scan table (CSV, TSV or xlsx) and check every mutant against ``wt_seq``.
+
+    Mutants are written as :func:`~.mutants.parse_mutant` reads them: single (``H24C``), multi-site
+    (``V39A:D40F``), or the wild type (``WT``, ``_wt`` or an empty cell). A wild-type row is kept: its
+    score is a measurement like any other (the fitness of the unmutated protein).
+
+    Args:
+        path: the table (``.csv``, ``.tsv``/``.txt`` tab-separated, ``.xlsx``; ``.gz`` for text).
+        wt_seq: the wild-type sequence the mutants refer to.
+        score_column: the measured score (finite numbers).
+        offset: numbering offset of the mutants (position in the table minus position in ``wt_seq``).
+        mutant_column: the column of mutant strings.
+
+    Returns:
+        The table with its own columns plus ``n_mutations`` (0 for the wild type), ``position`` (1-based in
+        ``wt_seq``), ``wt_aa`` and ``mt_aa`` for single mutants (``<NA>`` and ``""`` on other rows; ``position``
+        is int64 when every row is a single mutant), and ``mutated_sequence`` (built from ``wt_seq`` when the
+        table has none, checked against it when it has one). The index, named ``"row"``, is the row number as
+        a spreadsheet shows it (the header is row 1); ``attrs["source"]`` holds the path.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: a missing column, a score that is not a finite number, a mutant that does not fit
+            ``wt_seq`` (with the offset that would fix the numbering, where one does), or a ``mutated_sequence``
+            that disagrees with its mutant; each names the file and the row.
+    """
     df = _read_table(path)
-    missing = {"mutant", score_column} - set(df.columns)
+    missing = {mutant_column, score_column} - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
-    if not pd.api.types.is_numeric_dtype(df[score_column]):
-        bad = pd.to_numeric(df[score_column], errors="coerce").isna() & df[score_column].notna()
-        row = int(bad.idxmax())
-        raise DataError(f"{path}, row {row + 2}, column {score_column!r}: {df[score_column][row]!r} is not a number")
-    if df[score_column].isna().any():
-        row = int(df[score_column].isna().idxmax())
-        raise DataError(f"{path}, row {row + 2}, column {score_column!r}: score is NaN; drop or fill such rows first")
-    if not np.isfinite(df[score_column].to_numpy(dtype=float)).all():
-        row = int((~np.isfinite(df[score_column].to_numpy(dtype=float))).argmax())
-        raise DataError(f"{path}, row {row + 2}, column {score_column!r}: score is {df[score_column][row]!r}; "
-                        "scores must be finite numbers: drop or fix such rows first")
-    parsed = df["mutant"].astype(str).str.extract(r"^([A-Z])(\d+)([A-Z])$")
-    for i in range(len(df)):
-        wt, pos, mt = parsed.iloc[i]
-        if pd.isna(pos):
-            raise DataError(f"{path}, row {i + 2}: mutant {df['mutant'][i]!r} is not like 'A42G'")
-        pos = int(pos)
-        if not 1 <= pos <= len(wt_seq) or wt_seq[pos - 1] != wt:
-            have = repr(wt_seq[pos - 1]) if 1 <= pos <= len(wt_seq) else "nothing (out of range)"
-            raise DataError(
-                f"{path}, row {i + 2}: mutant {df['mutant'][i]!r} expects {wt!r} at position {pos} (1-based) "
-                f"but the wild type has {have}; check the numbering offset"
-            )
-    df = df.assign(wt_aa=parsed[0], position=parsed[1].astype(int), mt_aa=parsed[2])
+    df.index = pd.Index(np.arange(len(df)) + 2, name="row")
+    df.attrs["source"] = str(path)
+    _check_scores(df, path, score_column)
+    texts = _read_table(path, keep_default_na=False)[mutant_column].astype(str)  # an empty cell stays ""
+    subs = []
+    for row, mutant in zip(df.index, texts):
+        try:
+            subs.append(parse_mutant(mutant, wt_seq, offset))
+        except ValueError as err:
+            raise DataError(f"{path}, row {row}: {err}") from None
+    df[mutant_column] = texts.to_numpy()
+    _add_mutant_columns(df, subs, wt_seq, path)
+    n_wild = int((df["n_mutations"] == 0).sum())
+    if n_wild:
+        logger.info("%s: %d wild-type row(s) kept (mutant written as %s)", path, n_wild, WILD_TYPE_NAMES)
     return df
 
 
-def _read_table(path: str | Path) -> pd.DataFrame:
-    """``pd.read_csv`` with file errors turned into :class:`DataError` (naming the file) or FileNotFoundError."""
+def _check_scores(df: pd.DataFrame, path: str | Path, column: str) -> None:
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        row = bad.idxmax()
+        raise DataError(f"{path}, row {row}, column {column!r}: {df[column][row]!r} is not a number")
+    if values.isna().any():
+        raise DataError(f"{path}, row {values.isna().idxmax()}, column {column!r}: score is NaN; drop or fill such "
+                        "rows first")
+    if not np.isfinite(values.to_numpy(dtype=float)).all():
+        row = df.index[int((~np.isfinite(values.to_numpy(dtype=float))).argmax())]
+        raise DataError(f"{path}, row {row}, column {column!r}: score is {df[column][row]!r}; scores must be finite "
+                        "numbers: drop or fix such rows first")
+    df[column] = values.astype(float)
+
+
+def _add_mutant_columns(df: pd.DataFrame, subs: list, wt_seq: str, path: str | Path) -> None:
+    single = [s[0] if len(s) == 1 else None for s in subs]
+    position = pd.array([s.position if s else pd.NA for s in single], dtype="Int64")
+    df["n_mutations"] = [len(s) for s in subs]
+    df["position"] = position.astype("int64") if not position.isna().any() else position
+    df["wt_aa"] = [s.wt if s else "" for s in single]
+    df["mt_aa"] = [s.mt if s else "" for s in single]
+    built = [apply_mutant(wt_seq, s) for s in subs]
+    if "mutated_sequence" not in df.columns:
+        df["mutated_sequence"] = built
+        return
+    for row, mutant, given, expected in zip(df.index, df["mutant"], df["mutated_sequence"], built):
+        if given != expected:
+            raise DataError(f"{path}, row {row}: column 'mutated_sequence' is not wt_seq with mutant {mutant!r} "
+                            f"applied ({_first_difference(given, expected)}); check that wt_seq is the sequence the "
+                            "table was written for, and the offset")
+
+
+def _first_difference(given: object, expected: str) -> str:
+    if not isinstance(given, str):
+        return f"it is {given!r}"
+    if len(given) != len(expected):
+        return f"it has {len(given)} residues, the mutant {len(expected)}"
+    i = next(i for i, (a, b) in enumerate(zip(given, expected)) if a != b)
+    return f"position {i + 1} has {given[i]!r}, expected {expected[i]!r}"
+
+
+def _read_table(path: str | Path, **kwargs) -> pd.DataFrame:
+    """A CSV, TSV or xlsx table; file errors become :class:`DataError` (naming the file) or FileNotFoundError."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file; check the path (relative to {Path.cwd()})")
+    name = Path(path).name.lower().removesuffix(".gz")
     try:
-        return pd.read_csv(path)
+        if name.endswith((".xlsx", ".xls")):
+            return pd.read_excel(path, **kwargs)
+        return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".txt")) else ",", **kwargs)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header line such as 'mutant,DMS_score'") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
