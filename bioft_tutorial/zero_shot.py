@@ -1,4 +1,4 @@
-"""Use a pretrained ESM-2 as it is: embeddings and zero-shot scores of amino-acid substitutions.
+"""Use a pretrained ESM-2 as it is: zero-shot scores of amino-acid substitutions.
 
 A masked language model gives, at every position of a protein, a probability for each of the 20 amino
 acids. The log-ratio ``log p(mutant aa) - log p(wild-type aa)`` (nats) scores a substitution: negative
@@ -17,13 +17,14 @@ Sequences use the upper-case one-letter codes of the ESM-2 vocabulary: the 20 am
 digits, spaces, ``J``) raises ``ValueError`` naming the character and its position. A CUDA out-of-memory
 error halves the batch and retries, down to one sequence, logging each step.
 
-The module imports nothing from the rest of the package: copy it next to torch, transformers and tqdm.
+Embeddings (the hidden states themselves, from any layer) are in :mod:`bioft_tutorial.embeddings`. This
+module needs torch, numpy and tqdm, plus the package's ``data`` (amino acids, mutant parsing) and ``oom``.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def _plan(positions: Sequence[int], length: int, masked: bool, max_residues: int
 
 # --- model helpers -----------------------------------------------------------------------------------
 @contextmanager
-def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
+def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
     """Eval mode (restored afterwards) and ``torch.inference_mode``; yields the model's device."""
     was_training = model.training
     model.eval()
@@ -83,7 +84,7 @@ def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def _residue_ids(tokenizer: Tokenizer, seq: str, source: str = "sequence") -> torch.Tensor:
+def residue_ids(tokenizer: Tokenizer, seq: str, source: str = "sequence") -> torch.Tensor:
     """Token ids of the residues of ``seq``, one per residue, without special tokens: (L,) int64.
 
     ``source`` names the sequence in errors (``"wt_seq"``, ``"sequence 3"``).
@@ -101,12 +102,12 @@ def _residue_ids(tokenizer: Tokenizer, seq: str, source: str = "sequence") -> to
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _with_specials(tokenizer: Tokenizer, residue_ids: torch.Tensor) -> torch.Tensor:
-    """``<cls> residues <eos>``: (..., L) -> (..., L + 2)."""
-    shape = (*residue_ids.shape[:-1], 1)
-    cls = residue_ids.new_full(shape, tokenizer.cls_token_id)
-    eos = residue_ids.new_full(shape, tokenizer.eos_token_id)
-    return torch.cat([cls, residue_ids, eos], dim=-1)
+def with_specials(tokenizer: Tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """``<cls> residues <eos>``: residue ids (..., L) -> (..., L + 2)."""
+    shape = (*ids.shape[:-1], 1)
+    cls = ids.new_full(shape, tokenizer.cls_token_id)
+    eos = ids.new_full(shape, tokenizer.eos_token_id)
+    return torch.cat([cls, ids, eos], dim=-1)
 
 
 def _aa_log_probs(model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch.Tensor,
@@ -138,7 +139,7 @@ def position_log_probs(
         normalised over the 20 amino acids (differences between two amino acids at one position equal
         those under the full 33-token vocabulary).
     """
-    residues = _residue_ids(tokenizer, wt_seq, "wt_seq")
+    residues = residue_ids(tokenizer, wt_seq, "wt_seq")
     if any(not 1 <= p <= len(wt_seq) for p in positions):
         raise ValueError(f"positions must lie in 1..{len(wt_seq)} (1-based); got {list(positions)[:5]}...")
     aa_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(AMINO_ACIDS)))
@@ -146,7 +147,7 @@ def position_log_probs(
     token_of = np.asarray(positions, dtype=int) - np.asarray([r[0] for r in rows], dtype=int)[row_of]
     out = np.empty((len(positions), len(AMINO_ACIDS)))
     width = min(len(wt_seq), max_residues)
-    with _inference(model) as device, tqdm(total=len(rows), desc="forward passes", unit="sequence",
+    with evaluating(model) as device, tqdm(total=len(rows), desc="forward passes", unit="sequence",
                                             disable=not progress) as bar:
         residues, aa_ids = residues.to(device), aa_ids.to(device)
 
@@ -155,7 +156,7 @@ def position_log_probs(
             batch = torch.stack([residues[start:start + width] for start, _ in chunk])
             if masked:
                 batch[torch.arange(len(chunk)), torch.tensor([m for _, m in chunk])] = tokenizer.mask_token_id
-            log_probs = _aa_log_probs(model, tokenizer, _with_specials(tokenizer, batch), aa_ids)
+            log_probs = _aa_log_probs(model, tokenizer, with_specials(tokenizer, batch), aa_ids)
             sel = np.flatnonzero((row_of >= b0) & (row_of < b1))
             index = torch.as_tensor(np.stack([row_of[sel] - b0, token_of[sel]]), device=device)
             out[sel] = log_probs[index[0], index[1]].double().cpu().numpy()
@@ -197,7 +198,7 @@ def score_substitutions(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if isinstance(mutants, str):
         raise TypeError(f"mutants must be a list of mutants, not the string {mutants!r}; wrap it: [{mutants!r}]")
-    _residue_ids(tokenizer, wt_seq, "wt_seq")  # an unusable wild type fails first, with its own message
+    residue_ids(tokenizer, wt_seq, "wt_seq")  # an unusable wild type fails first, with its own message
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     positions = sorted({s.position for subs in parsed for s in subs})
     if not positions:
@@ -210,70 +211,10 @@ def score_substitutions(
                      for subs in parsed], dtype=float)
 
 
-# --- embeddings --------------------------------------------------------------------------------------
-def _encoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare ESM-2 encoder of a model with or without a head, PEFT-wrapped or not."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return getattr(model, "base_model", model)
+def __getattr__(name: str) -> Any:
+    """``zero_shot.embed`` moved to :func:`bioft_tutorial.embeddings.embed`; it stays importable from here."""
+    if name == "embed":
+        from bioft_tutorial.embeddings import embed
 
-
-def embed(
-    model: torch.nn.Module, tokenizer: Tokenizer, seqs: Sequence[str], *,
-    pooling: Literal["mean", "per-residue"] = "mean", batch_size: int = 8, max_residues: int = MAX_RESIDUES,
-    progress: bool = True,
-) -> np.ndarray | list[np.ndarray]:
-    """Final-layer ESM-2 representations of protein sequences.
-
-    Sequences are sorted by length and batched, so each batch pads little; results come back in input
-    order. ``<cls>``, ``<eos>`` and padding are dropped.
-
-    Args:
-        model: ESM-2 with or without a head (``load_esm2(name)`` or ``task="mlm"``); tokenizer: its tokenizer.
-        seqs: amino-acid sequences, at most ``max_residues`` each (crop or window longer ones yourself).
-        pooling: ``"mean"`` (average over residues) or ``"per-residue"``.
-        batch_size: sequences per forward pass; progress: show a tqdm bar.
-
-    Returns:
-        ``"mean"``: ``(len(seqs), hidden)`` float32; ``"per-residue"``: a list of ``(len(seq), hidden)`` float32.
-
-    Raises:
-        ValueError: unknown pooling, an empty sequence or one with a character the model does not know
-            (naming its index in ``seqs``), or a sequence longer than ``max_residues``.
-        torch.OutOfMemoryError: out of memory even with one sequence per forward pass.
-    """
-    if pooling not in ("mean", "per-residue"):
-        raise ValueError(f"unknown pooling {pooling!r}; use 'mean' or 'per-residue'")
-    for i, seq in enumerate(seqs):
-        _residue_ids(tokenizer, seq, f"sequence {i}")
-    too_long = [i for i, s in enumerate(seqs) if len(s) > max_residues]
-    if too_long:
-        raise ValueError(f"sequence {too_long[0]} has {len(seqs[too_long[0]])} residues, more than the model's "
-                         f"{max_residues}; crop it or embed overlapping windows")
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[np.ndarray] = [np.empty(0)] * len(seqs)
-    encoder = _encoder(model)
-    with _inference(model) as device, tqdm(total=len(order), desc="embedding", unit="sequence",
-                                            disable=not progress) as bar:
-        def run(b0: int, b1: int) -> None:
-            idx = order[b0:b1]
-            input_ids, attention_mask = _padded_batch(tokenizer, [seqs[i] for i in idx])
-            hidden = encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
-            hidden = hidden.last_hidden_state.float()
-            for row, i in enumerate(idx):
-                residues = hidden[row, 1:len(seqs[i]) + 1]
-                out[i] = (residues.mean(0) if pooling == "mean" else residues).cpu().numpy()
-
-        for chunk, _ in halving_batches(lambda b: run(b[0], b[-1] + 1), range(len(order)), batch_size, "sequence",
-                                        _ADVICE):
-            bar.update(len(chunk))
-    if pooling == "per-residue":
-        return out
-    return np.stack(out) if out else np.empty((0, _encoder(model).config.hidden_size), dtype=np.float32)
-
-
-def _padded_batch(tokenizer: Tokenizer, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<cls> residues <eos> <pad>...`` ids and the attention mask, both (B, max L + 2) int64."""
-    rows = [_with_specials(tokenizer, _residue_ids(tokenizer, s)) for s in seqs]
-    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
-    return input_ids, (input_ids != tokenizer.pad_token_id).long()
+        return embed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
