@@ -43,6 +43,36 @@ from .neural import TorchCausalLM
 
 logger = logging.getLogger(__name__)
 PAD_ID = 1  # CharLevelTokenizer.pad_id
+RANDOM = ":random"
+#: The ``evo2`` package config of each checkpoint's architecture, for ``"<name>:random"`` (8,192-bp configs
+#: where the checkpoint has a longer-context twin of the same shapes).
+ARCHITECTURES = {"evo2_7b": "evo2-7b-8k", "evo2_7b_base": "evo2-7b-8k", "evo2_7b_262k": "evo2-7b-262k",
+                 "evo2_7b_microviridae": "evo2-7b-8k", "evo2_1b_base": "evo2-1b-8k", "evo2_20b": "evo2-20b-1m",
+                 "evo2_40b": "evo2-40b-8k", "evo2_40b_base": "evo2-40b-8k"}
+
+
+class Evo2NotFoundError(FileNotFoundError):
+    """An Evo 2 checkpoint that is neither in the local Hugging Face cache nor downloadable now."""
+
+
+def _known(arch: str, given: str) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown Evo 2 model {given!r}; use a checkpoint name ({', '.join(ARCHITECTURES)}), a "
+                         "local file named after one ('/path/evo2_7b.pt'), or '<name>:random' for random weights")
+    return arch
+
+
+def _not_found_message(name: str) -> str:
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+    merged = Path(constants.HF_HUB_CACHE).parent / f"{name}.pt"
+    return (f"Evo 2 checkpoint {name!r} is not on this machine and cannot be downloaded now ({why}): the evo2 "
+            f"package looked for the Hugging Face repository of {name!r} in the cache folder "
+            f"{constants.HF_HUB_CACHE} and for a merged {merged}. Fix: download it once with internet "
+            f"(python -c \"from evo2 import Evo2; Evo2('{name}')\"; set HF_HOME to choose the folder), or pass a "
+            f"local checkpoint file as model_name ('/path/{name}.pt'), or, to time the code only, "
+            f"model_name='{name}:random' (the same architecture with random weights: its scores mean nothing)")
 
 
 def has_flash_attn() -> bool:
@@ -134,7 +164,9 @@ def _history(block: torch.nn.Module) -> int | None:
 
 
 class Evo2LM(TorchCausalLM):
-    """Evo 2 as a DNA language model (``log_likelihoods``, shared-prefix scoring).
+    """Evo 2 as a DNA language model (``log_likelihoods``, shared-prefix scoring, block outputs).
+
+    Make one with :meth:`load` (a checkpoint name, a local file, or random weights for timing).
 
     Args:
         model_name: an ``evo2`` checkpoint name (``"evo2_7b"``, ``"evo2_1b_base"``, ``"evo2_40b"``, ...),
@@ -159,9 +191,47 @@ class Evo2LM(TorchCausalLM):
             logger.info("flash-attn not installed: attention layers switched to torch SDPA")
         self.model = model.eval()
         self.device = model.embedding_layer.weight.device
+        self.hidden_size, self.pad_id = int(model.embedding_layer.weight.shape[1]), PAD_ID
         self.name, self.batch_size = model_name, batch_size
         self.max_length = max_length or int(model.config.get("max_seqlen", 8192))
         self.cache_key = f"evo2:{model_name}:{local_path or 'hub'}"
+
+    @classmethod
+    def load(cls, model_name: str | Path = "evo2_7b", *, batch_size: int = 8, use_kernels: bool = False,
+             seed: int = 0) -> "Evo2LM":
+        """Evo 2 from a checkpoint name, a local checkpoint file, or an architecture with random weights.
+
+        Args:
+            model_name: ``"evo2_7b"`` (any name of :data:`ARCHITECTURES`: from the Hugging Face cache, or
+                downloaded), ``"/path/evo2_7b.pt"`` (a local file named after its checkpoint, for offline
+                hosts), or ``"evo2_7b:random"`` (that architecture, :data:`ARCHITECTURES`, with random weights:
+                for timing only, its scores mean nothing).
+            batch_size: windows per forward pass; use_kernels: vortex's Triton Hyena kernels;
+            seed: seed of random weights.
+
+        Raises:
+            Evo2NotFoundError: offline (or no network) and the checkpoint is not cached: the message says
+                where it looked and the three ways out.
+            ValueError: an unknown name; FileNotFoundError: a local file that does not exist.
+        """
+        name = str(model_name)
+        if name.endswith(RANDOM):
+            arch = _known(name[:-len(RANDOM)], name)
+            lm = cls.from_config(ARCHITECTURES[arch], seed=seed, batch_size=batch_size)
+            lm.name = f"{arch} (random weights)"
+            return lm
+        path = Path(name).expanduser()
+        if path.suffix == ".pt" or "/" in name:
+            if not path.is_file():
+                raise FileNotFoundError(f"Evo 2 checkpoint file {name!r} does not exist ({path.resolve()}); check the "
+                                        f"path, or pass a checkpoint name such as 'evo2_7b'")
+            return cls(_known(path.stem, name), local_path=path, batch_size=batch_size, use_kernels=use_kernels)
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        try:
+            return cls(_known(name, name), batch_size=batch_size, use_kernels=use_kernels)
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled):  # raised by the hub inside evo2
+            raise Evo2NotFoundError(_not_found_message(name)) from None
 
     @classmethod
     def from_config(cls, config: str | Path = "evo2-7b-8k", *, seed: int = 0, batch_size: int = 8,
