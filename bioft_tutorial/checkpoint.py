@@ -16,12 +16,13 @@ This module needs only torch, numpy and safetensors: copy it into your own proje
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest.json"
+#: Room left on the disk beyond a checkpoint's own bytes before it is written (JSON, filesystem overhead).
+SPARE_BYTES = 64 * 2**20
+
+
+class DiskFullError(OSError):
+    """Too little free disk for a checkpoint; the previous checkpoint is untouched and still loads."""
+
+    def __init__(self, folder: Path, needed: int, free: int):
+        super().__init__(errno.ENOSPC, (
+            f"not enough free disk to write {folder}: it needs {_gib(needed)} and {_gib(free)} is free. The previous "
+            f"checkpoint is untouched and resume=True continues from it. Free space on that disk, write to another "
+            f"folder (output_dir), keep fewer checkpoints (keep_checkpoints=1), or save less often (save_every)"))
+        self.folder, self.needed, self.free = folder, needed, free
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n:,} bytes)"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,30 +72,56 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
+def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write one checkpoint folder atomically and return its path.
+
+    Free space is checked first: with too little, nothing is written and :class:`DiskFullError` says how much
+    is needed. A disk that fills up during the write (another program) gives the same error; the half-written
+    temporary folder is removed and an existing checkpoint of the same name is left as it was.
 
     Args:
         folder: the final folder, e.g. ``out/checkpoints/step-000200`` (replaced if it exists).
         tensors: name -> tensor (any device or dtype; saved as contiguous CPU copies).
         state: JSON-serialisable values.
+        write_extra: called with the temporary folder to add files of its own (e.g. a PEFT adapter folder)
+            before the folder is renamed into place.
+
+    Raises:
+        DiskFullError: not enough free disk.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + len(json.dumps(state)) + SPARE_BYTES
+    free = shutil.disk_usage(folder.parent).free
+    if free < needed:
+        raise DiskFullError(folder, needed, free)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_folder(tmp, tensors, state, write_extra)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+            raise DiskFullError(folder, needed, shutil.disk_usage(folder.parent).free) from err
+        raise
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    return folder
+
+
+def _write_folder(tmp: Path, tensors: dict[str, torch.Tensor], state: dict, write_extra) -> None:
     tmp.mkdir()
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     save_file(cpu, str(tmp / "tensors.safetensors"))
     with open(tmp / "tensors.safetensors", "rb+") as handle:
         os.fsync(handle.fileno())
     _write_json(tmp / "state.json", state)
+    if write_extra is not None:
+        write_extra(tmp)
     _fsync_dir(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
-    return folder
 
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:

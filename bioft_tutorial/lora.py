@@ -113,20 +113,6 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
     return {"total": total, "trainable": trainable, "trainable_percent": 100 * trainable / max(total, 1)}
 
 
-def cast_frozen(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
-    """Store frozen floating-point weights in ``dtype`` and keep trainable ones in fp32 (in place).
-
-    Under bf16 autocast, fp32 frozen weights are cast to bf16 again at every step; storing them in bf16
-    halves their memory and removes those casts, while the optimizer still updates fp32 weights. Use it
-    only together with autocast: without it, bf16 weights meet fp32 activations and matmuls fail.
-    ``train.train`` does this itself on the GPU.
-    """
-    for p in model.parameters():
-        if p.is_floating_point():
-            p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
-    return model
-
-
 def folder_bytes(folder: str | Path) -> int:
     """Bytes of all files under ``folder`` (e.g. a saved adapter or model)."""
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -36,9 +36,6 @@ ESM2_FAMILY: dict[str, dict] = {
     "3B": dict(hub_id="facebook/esm2_t36_3B_UR50D", num_hidden_layers=36, hidden_size=2560, num_attention_heads=40),
     "15B": dict(hub_id="facebook/esm2_t48_15B_UR50D", num_hidden_layers=48, hidden_size=5120, num_attention_heads=40),
 }
-#: Residues per chain: ESM-2 was trained on crops of 1,024 tokens, i.e. 1,022 residues plus <cls> and <eos>.
-ESM2_MAX_RESIDUES = 1022
-
 TASKS = {
     None: EsmModel,
     "token": EsmForTokenClassification,
@@ -252,16 +249,47 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """Store frozen floating-point weights in ``dtype`` and keep trainable ones in fp32 (in place).
+
+    Under bf16 autocast, fp32 frozen weights are cast to bf16 again at every step; storing them in bf16
+    halves their memory and removes those casts, while the optimizer still updates fp32 weights. Use it
+    only together with autocast: without it, bf16 weights meet fp32 activations and matmuls fail.
+    ``train.train`` does this itself on the GPU.
+    """
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
+    return model
+
+
+#: Graphs of one layer class a process may compile (see :func:`compile_layers`).
+RECOMPILE_LIMIT = 64
+
+
+def compile_layers(model: torch.nn.Module, backend="inductor") -> int:
     """``torch.compile`` every ``EsmLayer`` with static shapes; identical layers reuse one compiled graph.
 
     Compiling the repeated layer rather than the whole model keeps the compile time to that of one layer
     (seconds, not minutes). Feed it few distinct shapes (:func:`bioft_tutorial.packing.static_collate`),
     or each new shape compiles again.
 
+    Every model of a process compiles the same code (``EsmLayer.forward``), and each row size, each of
+    training and evaluation, and each model (head only, LoRA, full) is one more graph of it. torch._dynamo
+    stops compiling a function after 8 graphs and silently runs it eagerly from then on, so a page that
+    trains three models would run the third at eager speed. This raises that limit to
+    :data:`RECOMPILE_LIMIT` for the process (it never lowers a higher setting).
+
+    Args:
+        model: an ESM-2 model from transformers, plain or PEFT-wrapped.
+        backend: a ``torch.compile`` backend name (``"inductor"``) or callable.
+
     Returns:
         The number of layers compiled (0 means the model has no ``EsmLayer``).
     """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
     if hasattr(model, "enable_input_require_grads") and any(p.requires_grad for p in model.parameters()):
         model.enable_input_require_grads()  # layer 0's input then needs grad like the others': one graph
     layers = [m for m in model.modules() if type(m).__name__ == "EsmLayer"]

@@ -67,7 +67,8 @@ def halving_batches(fn: Callable[[list], T], items: Sequence, batch_size: int, w
 
 def retry_halving(fn: Callable[[int], T], size: int, floor: int, what: str = "token_budget",
                   on_failure: Callable[[], None] | None = None,
-                  advice: str = "use a smaller model, shorter inputs or a GPU with more memory") -> tuple[T, int]:
+                  advice: str = "use a smaller model, shorter inputs or a GPU with more memory",
+                  where: str = "") -> tuple[T, int]:
     """``fn(size)``, and on out of memory ``fn(size // 2)``, ... while ``size // 2 >= floor``.
 
     Args:
@@ -76,6 +77,7 @@ def retry_halving(fn: Callable[[int], T], size: int, floor: int, what: str = "to
         floor: the smallest size worth trying.
         what: the size's name, for the log and the error.
         on_failure: called after each failed try, before the next (e.g. zero the gradients).
+        where: words for the log and the error, e.g. ``" at step 12"``.
 
     Returns:
         ``(fn's result, the size that worked)``.
@@ -90,9 +92,9 @@ def retry_halving(fn: Callable[[int], T], size: int, floor: int, what: str = "to
             if not is_out_of_memory(err):
                 raise
             if size // 2 < floor:
-                raise torch.cuda.OutOfMemoryError(
-                    f"out of memory with {what}={size}, and half of it is under the floor of {floor}: {advice}") from err
-            log.warning("out of memory with %s=%d: retrying with %d", what, size, size // 2)
+                raise torch.cuda.OutOfMemoryError(f"out of memory{where} with {what}={size}, and half of it is under "
+                                                  f"the floor of {floor}: {advice}") from err
+            log.warning("out of memory%s with %s=%d: retrying with %d", where, what, size, size // 2)
         if on_failure is not None:
             on_failure()
         free_cached_memory()

@@ -1,156 +1,145 @@
-"""Batched inference: run a model over examples, score it, and turn FASTA into per-residue H/E/C strings.
+"""Batched inference in the input's order: logits per example, evaluation metrics, values and H/E/C strings.
 
-Used by :mod:`bioft_tutorial.train` for evaluation and by the notebooks for confusion matrices and for
-predicting new sequences. Needs torch, numpy and the package's leaves (``data``, ``metrics``).
+Batches are length-bucketed under a token budget (padded, or packed for a model switched to packed
+attention), but every function here returns its results **in the order of the input**, one entry per
+example. Used by :mod:`bioft_tutorial.train` for evaluation, by the notebooks and by the command line.
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from bioft_tutorial import metrics
-from bioft_tutorial.data import (IGNORE_INDEX, MAX_RESIDUES, SS_LABELS, collate_padded, crop_windows, encode_protein,
-                                 token_budget_batches)
+from bioft_tutorial.data import (IGNORE_INDEX, MAX_RESIDUES, SS_LABELS, Examples, collate_padded, crop_windows,
+                                 encode_protein, token_budget_batches)
+from bioft_tutorial.loss import loss_sum
+from bioft_tutorial.oom import halving_batches
 
-log = logging.getLogger(__name__)
-
-
-class Examples:
-    """A ``datasets.Dataset`` or a list of dicts with ``input_ids`` (and ``labels``), with cached sizes.
-
-    Attributes:
-        lengths: (N,) tokens per example, special tokens included.
-        n_targets: (N,) labelled targets per example (tokens whose label is not -100, or 1 per sequence).
-        regression: whether the labels are floats (one value per sequence).
-    """
-
-    def __init__(self, data):
-        self.data = data
-        self.is_dataset = hasattr(data, "column_names")
-        ids = data["input_ids"] if self.is_dataset else [e["input_ids"] for e in data]
-        self.lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        has_labels = ("labels" in data.column_names) if self.is_dataset else bool(data) and "labels" in data[0]
-        labels = (data["labels"] if self.is_dataset else [e["labels"] for e in data]) if has_labels else []
-        self.n_targets = np.array([int(np.sum(np.asarray(y) != IGNORE_INDEX)) if isinstance(y, (list, np.ndarray))
-                                   else 1 for y in labels], dtype=np.int64)
-        self.regression = len(labels) > 0 and isinstance(labels[0], (float, np.floating))
-        self.columns = ("input_ids", "labels") if has_labels else ("input_ids",)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def get(self, indices: list[int]) -> list[dict]:
-        """The examples at ``indices`` as dicts of ``input_ids`` (and ``labels``)."""
-        if self.is_dataset:
-            cols = self.data[list(indices)]
-            return [{k: cols[k][i] for k in self.columns} for i in range(len(indices))]
-        return [{k: self.data[i][k] for k in self.columns} for i in indices]
+_ADVICE = "lower token_budget, crop long chains, or use a GPU with more memory"
 
 
-def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed loss over labelled targets (fp32): cross-entropy for class ids (``-100`` ignored), squared
-    error for float targets.
-
-    Args:
-        logits: (B, L, C) per token or (B, C) per sequence (C = 1 for regression).
-        labels: (B, L) or (B,) int64 class ids, or (B,) float targets.
-    """
-    if labels.is_floating_point():
-        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="sum")
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+def _per_example(logits: torch.Tensor, batch: dict, n: int) -> list[torch.Tensor]:
+    """Split a batch's logits into one tensor per example: ``(L_i, C)`` per token or ``(C,)`` per sequence."""
+    if "cu_seq_lens_q" in batch:  # packed: one row, chains one after another
+        bounds = batch["cu_seq_lens_q"].tolist()
+        return [logits[0, bounds[i]:bounds[i + 1]] for i in range(n)]
+    if logits.dim() == 3:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        return [logits[i, :lengths[i]] for i in range(n)]
+    return list(logits)
 
 
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, device=None, bf16: bool | None = None,
-                    collate: Callable = collate_padded, padded: bool = True, shard: bool = True
-                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+                    collate: Callable | None = None, padded: bool = True, shard: bool = True
+                    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Run ``model`` in eval mode over ``data`` in length-sorted batches of at most ``token_budget`` tokens.
 
     ``bf16=None`` runs under bf16 autocast exactly when the model holds bf16 weights (e.g. after
     :func:`bioft_tutorial.train.train` on a GPU stored its frozen weights in bf16). Under ``torchrun`` with
-    ``shard=True`` each rank takes every ``world_size``-th batch.
+    ``shard=True`` each rank takes every ``world_size``-th batch. A batch that runs out of GPU memory is
+    split in halves (logged).
 
     Yields:
-        ``(indices, logits, labels)``: example indices, float32 CPU logits ((B, L, C) or (B, C)) and the
-        collated labels (or ``None``).
+        ``(indices, logits)``: indices into ``data`` and one float32 CPU tensor per example, ``(L_i, C)``
+        for per-token models or ``(C,)`` for per-sequence ones. Batches come in length order; use the indices
+        (or :func:`predict_logits`) to put them back in the input's order.
     """
-    examples = data if isinstance(data, Examples) else Examples(data)
+    examples = Examples(data)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if bf16 is None:
-        bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters()) if bf16 is None else bf16
+    pad_id = getattr(model.config, "pad_token_id", None)
+    collate = collate or (lambda ex: collate_padded(ex, 1 if pad_id is None else pad_id))
     rank, world = (dist.get_rank(), dist.get_world_size()) if shard and dist.is_initialized() else (0, 1)
+
+    def run(indices: list[int]) -> list[torch.Tensor]:
+        batch = collate(examples.get(indices))
+        batch.pop("labels", None)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}  # packed: ints too
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**inputs).logits.float().cpu()
+        return _per_example(logits, batch, len(indices))
+
     was_training = model.training
     model.eval()
     try:
-        for indices in token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False)[rank::world]:
-            yield from _predict_or_split(model, examples, list(indices), device, bf16, collate)
+        for planned in token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False)[rank::world]:
+            for indices, logits in halving_batches(run, planned, len(planned), "sequence", _ADVICE):
+                yield indices, logits
     finally:
         model.train(was_training)
 
 
-def _predict_or_split(model, examples: "Examples", indices: list[int], device: torch.device, bf16: bool,
-                      collate: Callable) -> list[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
-    """One batch's logits; on CUDA out of memory, the two halves of the batch (down to one sequence), logged."""
-    try:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v  # a packed batch also holds ints (max_length_*)
-                 for k, v in collate(examples.get(indices), model.config.pad_token_id).items()}
-        labels = batch.pop("labels", None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**batch).logits.float().cpu()
-        return [(indices, logits, None if labels is None else labels.cpu())]
-    except torch.cuda.OutOfMemoryError:
-        if len(indices) == 1:
-            raise
-    batch = labels = None  # free the failed batch before retrying (outside the except block)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    half = len(indices) // 2
-    log.warning("CUDA out of memory predicting %d sequences: retrying as %d + %d", len(indices), half,
-                len(indices) - half)
-    return (_predict_or_split(model, examples, indices[:half], device, bf16, collate)
-            + _predict_or_split(model, examples, indices[half:], device, bf16, collate))
+def predict_logits(model: torch.nn.Module, data, **kwargs) -> list[torch.Tensor]:
+    """One logits tensor per example of ``data``, in the input's order (see :func:`predict_batches`)."""
+    out: list[torch.Tensor | None] = [None] * len(Examples(data))
+    for indices, logits in predict_batches(model, data, shard=False, **kwargs):
+        for i, value in zip(indices, logits):
+            out[i] = value
+    return out
 
 
 def collect_predictions(model: torch.nn.Module, data, **kwargs) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels and predictions over every labelled target, gathered from all ranks.
+    """Labels and predictions of every labelled target, in the input's order, gathered from all ranks.
 
     Returns:
-        ``(labels, predictions, mean_loss)``: class ids and argmax classes at labelled positions (flat), or
-        targets and predicted values per sequence; ``mean_loss`` is per target (nats, or squared units).
+        ``(labels, predictions, mean_loss)``: for per-token classes, the class ids and argmax classes at
+        labelled positions, example after example (flat); for regression, one target and one predicted value
+        per example. ``mean_loss`` is per target (nats, or squared units).
     """
-    examples = data if isinstance(data, Examples) else Examples(data)
-    parts = []
-    for _, logits, labels in predict_batches(model, examples, **kwargs):
-        if examples.regression:
-            parts.append((float(loss_sum(logits, labels)), labels.numpy(), logits.squeeze(-1).numpy()))
-        else:
-            keep = labels != IGNORE_INDEX
-            parts.append((float(loss_sum(logits, labels)), labels[keep].numpy(), logits.argmax(-1)[keep].numpy()))
+    examples = Examples(data)
+    parts = {}
+    for indices, logits in predict_batches(model, examples, **kwargs):
+        for i, value in zip(indices, logits):
+            y = torch.as_tensor(examples.labels_of(i))
+            keep = y != IGNORE_INDEX if examples.per_token else torch.ones((), dtype=torch.bool)
+            pred = value.squeeze(-1) if examples.regression else value.argmax(-1)
+            parts[i] = (float(loss_sum(value[None], y[None])), y[keep].numpy().ravel(), pred[keep].numpy().ravel())
     if kwargs.get("shard", True) and dist.is_initialized():
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, parts)
-        parts = [p for rank_parts in gathered for p in rank_parts]
-    y, pred = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-    return y, pred, sum(p[0] for p in parts) / max(len(y), 1)
+        parts = {i: p for rank_parts in gathered for i, p in rank_parts.items()}
+    ordered = [parts[i] for i in sorted(parts)]
+    y, pred = np.concatenate([p[1] for p in ordered]), np.concatenate([p[2] for p in ordered])
+    return y, pred, sum(p[0] for p in ordered) / max(len(y), 1)
 
 
 def evaluate(model: torch.nn.Module, data, **kwargs) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` (classification: Q3 for H/E/C) or ``{"loss", "spearman"}`` (regression)."""
+    """``{"loss", "accuracy"}`` (classification: Q3 for H/E/C) or ``{"loss", "spearman"}`` (regression).
+
+    A Spearman correlation that is undefined (constant targets or predictions) is NaN, not an error.
+    """
     y, pred, loss = collect_predictions(model, data, **kwargs)
     if y.dtype.kind == "f":
-        return {"loss": loss, "spearman": metrics.spearman(pred, y)}
+        defined = len(y) > 1 and np.ptp(y) > 0 and np.ptp(pred) > 0
+        return {"loss": loss, "spearman": metrics.spearman(pred, y) if defined else float("nan")}
     return {"loss": loss, "accuracy": metrics.q3_accuracy(y, pred)}
+
+
+def predict_values(model: torch.nn.Module, data, *, center: float = 0.0, scale: float = 1.0, **kwargs) -> np.ndarray:
+    """One predicted value per example of a regression model, in the input's order, with the scaling undone.
+
+    Args:
+        data: examples with ``input_ids`` (labels, if present, are ignored).
+        center, scale: the standardisation the targets were trained with
+            (:func:`bioft_tutorial.data.sequence_regression_examples`): values are ``center + scale * output``.
+
+    Returns:
+        ``(N,)`` float64, in the units of the original targets.
+    """
+    logits = predict_logits(model, data, **kwargs)
+    if logits and logits[0].numel() != 1:
+        raise ValueError(f"predict_values needs a regression model with one output per sequence; this one gives "
+                         f"{tuple(logits[0].shape)} per example (use predict_logits or predict_residue_classes)")
+    return center + scale * np.array([float(x.reshape(())) for x in logits], dtype=np.float64)
 
 
 def predict_residue_classes(model: torch.nn.Module, tokenizer, sequences: dict[str, str], classes: str = SS_LABELS,
                             max_residues: int = MAX_RESIDUES, overlap: int = 256, **kwargs) -> dict[str, str]:
-    """Per-residue class letters for each sequence, e.g. ``{"seq1": "CCHHHHEEC..."}``.
+    """Per-residue class letters for each sequence, in the input's order, e.g. ``{"seq1": "CCHHHHEEC..."}``.
 
     Chains longer than ``max_residues`` are cut into overlapping crops and stitched back: each residue
     takes the prediction of the crop that owns it (:func:`bioft_tutorial.data.crop_windows`).
@@ -167,10 +156,8 @@ def predict_residue_classes(model: torch.nn.Module, tokenizer, sequences: dict[s
             crops.append((sid, start, own_start, own_end))
             examples.append({"input_ids": [tokenizer.cls_token_id, *ids[start:end], tokenizer.eos_token_id]})
     letters = {sid: [""] * len(seq) for sid, seq in sequences.items()}
-    for indices, logits, _ in predict_batches(model, examples, shard=False, **kwargs):
-        for row, i in enumerate(indices):
-            sid, start, own_start, own_end = crops[i]
-            classes_of_crop = logits[row, 1: 1 + len(examples[i]["input_ids"]) - 2].argmax(-1).tolist()
-            for pos in range(own_start, own_end):
-                letters[sid][pos] = classes[classes_of_crop[pos - start]]
+    for (sid, start, own_start, own_end), logits in zip(crops, predict_logits(model, examples, **kwargs)):
+        predicted = logits[1:-1].argmax(-1).tolist()  # drop <cls> and <eos>
+        for pos in range(own_start, own_end):
+            letters[sid][pos] = classes[predicted[pos - start]]
     return {sid: "".join(chars) for sid, chars in letters.items()}

@@ -47,7 +47,7 @@ def test_methods_choose_what_trains():
 
 
 def test_cast_frozen_keeps_trainable_weights_in_fp32():
-    model = lora.cast_frozen(lora.prepare_model(_tiny(), "lora", lora.esm2_lora_config()))
+    model = models.cast_frozen(lora.prepare_model(_tiny(), "lora", lora.esm2_lora_config()))
     for p in model.parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
 

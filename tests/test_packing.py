@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from bioft_tutorial import packing
+from bioft_tutorial import attention, data, packing
 from bioft_tutorial.models import random_esm2, tiny_esm2_config
 
 MASK = 32
@@ -100,11 +100,11 @@ def test_unpack_round_trip():
 def test_packed_loss_and_lora_gradients_match_padded_hf(static):
     """The issue's correctness bar: loss and every trainable gradient within 1e-5 of HF's padded forward."""
     reference, packed = _lora_pair()
-    assert packing.enable_packed_attention(packed) == "sdpa"  # CPU: one SDPA call per chain
+    assert attention.enable_packed_attention(packed) == "sdpa"  # CPU: one SDPA call per chain
     chains = _chains([7, 40, 3, 25, 12], seed=3)
-    padded_batch = packing.collate_padded(chains)
+    padded_batch = data.collate_padded(chains)
     packed_batch = packing.collate_packed(chains, pad_to=128 if static else None, max_chains=12 if static else None,
-                                          max_length=64 if static else packing.ESM2_MAX_TOKENS)
+                                          max_length=64 if static else packing.MAX_TOKENS)
     out_ref = reference(**padded_batch)
     out_ref.loss.backward()
     out = packed(**packed_batch)
@@ -122,8 +122,8 @@ def test_packed_loss_and_lora_gradients_match_padded_hf(static):
 
 def test_padded_batches_still_work_after_enabling():
     reference, packed = _lora_pair()
-    packing.enable_packed_attention(packed)
-    batch = packing.collate_padded(_chains([5, 17, 9]))
+    attention.enable_packed_attention(packed)
+    batch = data.collate_padded(_chains([5, 17, 9]))
     torch.testing.assert_close(packed(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=1e-6)
 
 
@@ -134,9 +134,9 @@ def test_token_dropout_is_per_chain():
     chains = _chains([10, 25, 6], labels=False)
     chains[0]["input_ids"][3] = chains[0]["input_ids"][5] = MASK  # 2 of 12 tokens masked
     chains[1]["input_ids"][2] = MASK  # 1 of 27
-    reference = model(**packing.collate_padded(chains)).logits
+    reference = model(**data.collate_padded(chains)).logits
     packed_model = copy.deepcopy(model)
-    packing.enable_packed_attention(packed_model)
+    attention.enable_packed_attention(packed_model)
     batch = packing.collate_packed(chains, pad_to=64)
     batch.pop("labels")
     parts = packing.unpack(packed_model(**batch).logits, batch["cu_seq_lens_q"])
@@ -153,7 +153,7 @@ def test_token_dropout_is_per_chain():
 def test_token_dropout_scale_by_hand():
     """The embedding of an unmasked token is word_embedding * (1 - 0.12) / (1 - its chain's mask fraction)."""
     model = random_esm2(tiny_esm2_config(), task=None, seed=0)
-    packing.enable_packed_attention(model)
+    attention.enable_packed_attention(model)
     chains = _chains([2, 2], labels=False)  # 4 tokens each
     chains[0]["input_ids"][1] = MASK  # chain 0: 1 of 4 masked; chain 1: none
     batch = packing.collate_packed(chains)
@@ -167,7 +167,7 @@ def test_token_dropout_scale_by_hand():
 def test_weights_and_state_dict_unchanged():
     model = random_esm2(tiny_esm2_config(), task="token", num_labels=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    packing.enable_packed_attention(model)
+    attention.enable_packed_attention(model)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
@@ -175,13 +175,13 @@ def test_weights_and_state_dict_unchanged():
 def test_enable_errors():
     seq_model = random_esm2(tiny_esm2_config(), task="sequence", num_labels=1)
     with pytest.raises(ValueError, match="per-token head"):
-        packing.enable_packed_attention(seq_model)
+        attention.enable_packed_attention(seq_model)
     model = random_esm2(tiny_esm2_config(), task="token", num_labels=3)
     with pytest.raises(ValueError, match="backend"):
-        packing.enable_packed_attention(model, backend="flash")
+        attention.enable_packed_attention(model, backend="flash")
     with pytest.raises(RuntimeError, match="varlen"):
-        packing.enable_packed_attention(model, backend="varlen")  # no CUDA GPU here
-    packing.enable_packed_attention(model)
+        attention.enable_packed_attention(model, backend="varlen")  # no CUDA GPU here
+    attention.enable_packed_attention(model)
     batch = packing.collate_packed(_chains([3, 4]), pad_to=16)
     mask = torch.ones_like(batch["input_ids"])
     mask[0, -1] = 0
@@ -202,6 +202,6 @@ def test_training_loop_hook_packed_batches(tmp_path):
     assert len(result.history) == 2 and result.history["loss"].notna().all()
     padded = predict.evaluate(model, chains, token_budget=256)
     packed = predict.evaluate(model, chains, token_budget=256, padded=False,
-                              collate=lambda ex, pad_id: packing.collate_packed(ex, pad_token_id=pad_id))
+                              collate=lambda ex: packing.collate_packed(ex, pad_token_id=1))
     assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
     assert packed["accuracy"] == padded["accuracy"]

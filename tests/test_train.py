@@ -195,10 +195,10 @@ def test_injected_out_of_memory_halves_the_budget_and_keeps_the_gradient(ss_smal
 
     plain, faulty = _tiny("full"), _tiny("full")
     train.train(plain, tr, None, train.TrainConfig(output_dir=str(tmp_path / "a"), **kw))
-    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.train"):
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.oom"):
         result = train.train(faulty, tr, None, train.TrainConfig(output_dir=str(tmp_path / "b"), **kw),
                              before_forward=oom_once)
-    assert result.token_budget == 2048 and "retrying the step with 2048" in caplog.text
+    assert result.token_budget == 2048 and "token_budget=4096: retrying with 2048" in caplog.text
     assert list(result.history["token_budget"]) == [4096, 2048, 2048, 2048]
     for (name, a), b in zip(_trainable(plain).items(), _trainable(faulty).values()):
         assert torch.allclose(a, b, atol=1e-5), name  # same gradient, summed in a different order
@@ -334,7 +334,7 @@ def test_two_processes_under_torchrun_match_one_with_the_same_global_batch(tmp_p
 
 
 def test_prediction_of_a_long_chain_with_bf16_frozen_weights(tokenizer):
-    model = lora.cast_frozen(lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3), "lora",
+    model = models.cast_frozen(lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3), "lora",
                                                 lora.esm2_lora_config()))
     seq = ("MKVLAAGHEEKLLWSTPRQ" * 80)[:1500]  # two crops
     out = predict.predict_residue_classes(model, tokenizer, {"long": seq, "short": "MKV"}, token_budget=2048)
@@ -401,7 +401,7 @@ def test_prediction_halves_the_batch_on_out_of_memory(caplog):
         return forward(*args, **kwargs)
 
     model.forward = flaky
-    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.predict"):
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.oom"):
         y, p, _ = predict.collect_predictions(model, examples, token_budget=8192)
     assert np.array_equal(y, y_ref) and np.array_equal(p, p_ref)
-    assert any("retrying as" in r.message for r in caplog.records)
+    assert any("sequences; retrying with" in r.message for r in caplog.records)

@@ -12,7 +12,7 @@ Every reader raises :class:`DataError` (a ``ValueError``) naming the file, line 
 """
 from __future__ import annotations
 
-from .batching import IGNORE_INDEX, MAX_RESIDUES, collate_padded, token_budget_batches
+from .batching import IGNORE_INDEX, MAX_RESIDUES, Examples, collate_padded, padding_fraction, token_budget_batches
 from .examples import (crop_windows, dms_split, encode_protein, secondary_structure_examples,
                        sequence_regression_examples)
 from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir, fetch_file, parse_fasta,
@@ -26,6 +26,7 @@ __all__ = [
     "AMINO_ACIDS",
     "BLAT_N_MUTANTS",
     "DataError",
+    "Examples",
     "FLIP_SS_COUNTS",
     "IGNORE_INDEX",
     "MAX_RESIDUES",
@@ -46,6 +47,7 @@ __all__ = [
     "load_blat_dms",
     "load_flip_secondary_structure",
     "mutants_from_sequences",
+    "padding_fraction",
     "parse_fasta",
     "parse_mutant",
     "read_dms_csv",

@@ -64,13 +64,26 @@ def token_budget_batches(lengths, token_budget: int, *, padded: bool = True, shu
     return batches
 
 
-def collate_padded(examples: list[dict], pad_token_id: int = 1) -> dict[str, "torch.Tensor"]:
+def padding_fraction(lengths, batches: list[list[int]]) -> float:
+    """Share of the computed tokens that are padding when each batch is padded to its longest example.
+
+    Args:
+        lengths: tokens per example.
+        batches: lists of indices into ``lengths`` (e.g. from :func:`token_budget_batches`).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    computed = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    return 1.0 - int(sum(lengths[b].sum() for b in batches)) / max(computed, 1)
+
+
+def collate_padded(examples: list[dict], pad_token_id: int = 1, pad_to: int | None = None) -> dict[str, "torch.Tensor"]:
     """Pad a list of examples into one batch for ``model(**batch)``.
 
     Args:
-        examples: dicts with ``input_ids`` (list of ints) and optionally ``labels`` (a list of ints
-            per token, or one number per example).
+        examples: dicts with ``input_ids`` (a list or array of ints) and optionally ``labels`` (ints per
+            token, or one number per example), e.g. from :meth:`Examples.get`.
         pad_token_id: the tokenizer's ``<pad>`` id (1 for ESM-2).
+        pad_to: pad every row to this many tokens (default: the longest example).
 
     Returns:
         ``input_ids`` (B, L) int64, ``attention_mask`` (B, L) int64 (1 = real token) and ``labels``:
@@ -79,21 +92,100 @@ def collate_padded(examples: list[dict], pad_token_id: int = 1) -> dict[str, "to
     """
     import torch
 
-    longest = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    for row, e in enumerate(examples):
-        input_ids[row, : len(e["input_ids"])] = torch.as_tensor(e["input_ids"])
-        attention_mask[row, : len(e["input_ids"])] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    ids = [np.asarray(e["input_ids"], dtype=np.int64) for e in examples]
+    longest = max([len(x) for x in ids] + [pad_to or 0])
+    input_ids = np.full((len(ids), longest), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)], attention_mask[row, :len(x)] = x, 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
     if "labels" in examples[0]:
         first = examples[0]["labels"]
-        if isinstance(first, (list, tuple, np.ndarray)):
-            labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        if np.ndim(first) == 1:
+            labels = np.full((len(ids), longest), IGNORE_INDEX, dtype=np.int64)
             for row, e in enumerate(examples):
-                labels[row, : len(e["labels"])] = torch.as_tensor(e["labels"])
+                labels[row, :len(e["labels"])] = e["labels"]
         else:
-            dtype = torch.float32 if isinstance(first, (float, np.floating)) else torch.long
-            labels = torch.tensor([e["labels"] for e in examples], dtype=dtype)
-        batch["labels"] = labels
+            kind = np.float32 if np.asarray(first).dtype.kind == "f" else np.int64
+            labels = np.array([e["labels"] for e in examples], dtype=kind)
+        batch["labels"] = torch.from_numpy(labels)
     return batch
+
+
+class Examples:
+    """Tokenized examples held as flat arrays: fast to batch, looked up by their index in the input.
+
+    Built once from a ``datasets.Dataset`` or a list of dicts with ``input_ids`` (ints, special tokens
+    included) and optionally ``labels``: ints per token (``-100`` = ignore), or one class id or float per
+    example. Training and prediction both take their batches from here, so the data is read once.
+
+    Attributes:
+        lengths: (N,) tokens per example.
+        n_targets: (N,) labelled targets per example (tokens not ``-100``, or 1 per sequence).
+        per_token: labels are per token (``False``: one label per example, or no labels).
+        regression: labels are floats (one value per example).
+    """
+
+    def __init__(self, data, name: str = "data"):
+        if isinstance(data, Examples):  # already read: share its arrays
+            self.__dict__.update(data.__dict__)
+            return
+        self.data, self.name = data, name
+        columns = data.column_names if hasattr(data, "column_names") else (list(data[0]) if len(data) else [])
+        if "input_ids" not in columns:
+            raise ValueError(f"{name}: no 'input_ids' (columns: {columns}); tokenize the sequences first, e.g. with "
+                             "data.secondary_structure_examples or data.sequence_regression_examples")
+        ids = data["input_ids"] if hasattr(data, "column_names") else [e["input_ids"] for e in data]
+        self.lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._tokens = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if len(ids) else np.zeros(0, int)
+        labels = None
+        if "labels" in columns:
+            labels = data["labels"] if hasattr(data, "column_names") else [e["labels"] for e in data]
+        self._labels, self.per_token, self.regression = _label_arrays(labels, self.lengths, name)
+        self.n_targets = (np.add.reduceat(self._labels != IGNORE_INDEX, self._offsets[:-1]).astype(np.int64)
+                          if self.per_token and len(self) else np.ones(len(self), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def has_labels(self) -> bool:
+        return self._labels is not None
+
+    def labels_array(self) -> np.ndarray:
+        """Every label: flat over tokens (per-token labels) or one per example."""
+        return self._labels if self._labels is not None else np.zeros(0)
+
+    def labels_of(self, i: int):
+        """The labels of example ``i``: an int64 array per token, or one number."""
+        if self.per_token:
+            return self._labels[self._offsets[i]:self._offsets[i + 1]]
+        return self._labels[i].item()
+
+    def get(self, indices) -> list[dict]:
+        """The examples at ``indices`` as dicts of ``input_ids`` (int64 arrays) and ``labels``."""
+        out = []
+        for i in indices:
+            example = {"input_ids": self._tokens[self._offsets[i]:self._offsets[i + 1]]}
+            if self._labels is not None:
+                example["labels"] = self.labels_of(i)
+            out.append(example)
+        return out
+
+
+def _label_arrays(labels, lengths: np.ndarray, name: str):
+    """``(flat labels, per_token, regression)`` from a labels column; checks one label per token."""
+    if labels is None or len(labels) == 0:
+        return None, False, False
+    if np.ndim(labels[0]) == 1:
+        for i, (y, n) in enumerate(zip(labels, lengths)):
+            if len(y) != n:
+                raise ValueError(f"{name}[{i}]: {len(y)} labels for {n} tokens; give one label per token "
+                                 "(-100 on <cls>, <eos> and residues without a label)")
+        return np.concatenate([np.asarray(y, dtype=np.int64) for y in labels]), True, False
+    flat = np.asarray(labels)
+    if flat.dtype.kind not in "iuf" or flat.ndim != 1:
+        raise ValueError(f"{name}: labels must be one number per example or a list of ints per token; "
+                         f"got {type(labels[0]).__name__} values like {labels[0]!r}")
+    return flat, False, flat.dtype.kind == "f"
