@@ -24,8 +24,8 @@ import torch
 
 from bioft_tutorial import checkpoint, data, lora, models, predict, train, zero_shot
 from bioft_tutorial.data import DataError
-from bioft_tutorial.variants import (Genome, KmerModel, TinyDNALM, VariantError, parse_vcf, read_variants_csv,
-                                     read_vcf, score_variants, variant_window)
+from bioft_tutorial.variants import (Genome, KmerModel, TinyDNALM, VariantError, expand_info, parse_vcf,
+                                     read_variants_csv, read_vcf, score_variants, variant_window)
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues; K2, T3, A4, Y5 are used below
 FASTA = data.asset_path("brca1", "GRCh37_chr17_BRCA1_region.fa")
@@ -164,12 +164,12 @@ CASES = [
     ("ss examples: digit", lambda c: _ss(c, "MK3TA"), DataError, ["chain 'p1'", "'3' at position 3"]),
     ("ss examples: empty", lambda c: _ss(c, ""), DataError, ["chain 'p1'", "empty sequence"]),
     ("regression: space", lambda c: _regression(c, ["MKTA", "MK TA"], [0.1, 0.2]), DataError,
-     ["DMS table, row 1", "' ' at position 3", "spaces"]),
+     ["table, row 2", "' ' at position 3", "spaces"]),
     ("regression: too long", lambda c: _regression(c, ["M" * 1023], [0.1]), DataError,
-     ["row 0", "1023 residues", "longer than 1022", "crop it"]),
-    ("regression: empty", lambda c: _regression(c, ["MK", ""], [0.1, 0.2]), DataError, ["row 1", "empty sequence"]),
+     ["table, row 1", "1023 residues", "longer than 1022", "crop it"]),
+    ("regression: empty", lambda c: _regression(c, ["MK", ""], [0.1, 0.2]), DataError, ["row 2", "empty sequence"]),
     ("regression: no sequence", lambda c: _regression(c, ["MK", None], [0.1, 0.2]), DataError,
-     ["row 1", "'mutated_sequence'", "is not a sequence", "drop rows"]),
+     ["table, row 2", "'mutated_sequence'", "nan is not a sequence", "drop rows"]),
     ("predict: stop codon", lambda c: _predict(c, {"q1": "MKTAY*"}), DataError,
      ["sequence 'q1'", "'*' at position 6", "remove stop codons"]),
     ("predict: gap", lambda c: _predict(c, {"q1": "MK", "q2": "MK-TA"}), DataError,
@@ -199,6 +199,22 @@ CASES = [
      ["dms.csv, row 3", "'K3A'", "has 'T'", "Try offset=1"]),
     ("dms csv: malformed mutant", lambda c: _dms(c, "mutant,DMS_score\nK2A,0.1\nK2,0.2\n"), DataError,
      ["dms.csv, row 3", "'K2'", "like 'A42G'"]),
+    ("regression: NaN target in a file", lambda c: data.sequence_regression_examples(
+        _dms(c, "mutant,DMS_score\nK2A,0.1\nT3A,0.2\n").assign(DMS_score=[0.1, np.nan]), c.tok), DataError,
+     ["dms.csv, row 3", "column 'DMS_score'", ": nan is not", "drop or fix"]),
+    ("dms split: no position column", lambda c: data.dms_split(pd.DataFrame({"mutant": ["K2A"], "score": [0.1]}),
+                                                              by="position"), DataError,
+     ["by='position' needs a 'position' column", "found ['mutant', 'score']", "read_dms_csv", "by='random'"]),
+    ("dms split: multi-mutants by position", lambda c: data.dms_split(
+        _dms(c, "mutant,DMS_score\nK2A,0.1\nK2A:Y5W,0.2\n"), by="position"), DataError,
+     ["dms.csv, row 3", "'K2A:Y5W' has no single position", "Use by='random'"]),
+    ("mutant: wild type spelt out", lambda c: zero_shot.parse_mutant("wildtype", WT), ValueError,
+     ["'wildtype'", "write the wild type as 'WT'"]),
+    ("mutants from sequences: other length", lambda c: data.mutants_from_sequences(WT, [WT, WT[:-1]], source="gb1.csv"),
+     ValueError, ["gb1.csv, row 2", "32 residues", "wild type has 33", "align insertions and deletions"]),
+    ("dms csv: mutated_sequence disagrees", lambda c: _dms(
+        c, f"mutant,DMS_score,mutated_sequence\nK2A,0.1,{WT}\n"), DataError,
+     ["dms.csv, row 2", "'mutated_sequence'", "'K2A'", "position 2 has 'K', expected 'A'", "offset"]),
     # FASTA
     ("fasta: text before header", lambda c: _fasta("MKT\n>a\nMK\n"), DataError,
      ["mine.fa, line 1", "'MKT'", "before the first '>' header"]),
@@ -242,9 +258,9 @@ CASES = [
     ("dms csv: missing file", lambda c: data.read_dms_csv(c.root / "none.csv", WT), FileNotFoundError,
      ["none.csv", "no such file", "check the path"]),
     ("regression: NaN target", lambda c: _regression(c, ["MK", "MA"], [1.0, np.nan]), DataError,
-     ["row 1", "column 'DMS_score'", "nan", "drop or fix"]),
+     ["table, row 2", "column 'DMS_score'", ": nan is not a finite number", "drop or fix"]),
     ("regression: text target", lambda c: _regression(c, ["MK", "MA"], [1.0, "high"]), DataError,
-     ["row 1", "'high' is not a finite number"]),
+     ["row 2", "'high' is not a finite number"]),
     ("regression: missing column", lambda c: _regression(c, ["MK"], [1.0], sequence_column="seq"), DataError,
      ["missing column(s) ['mutated_sequence']", "found ['seq', 'DMS_score']"]),
     ("variants csv: missing column", lambda c: read_variants_csv(c.file("v.csv", "chrom,position,alt\n17,5,A\n")),
@@ -281,6 +297,11 @@ CASES = [
      ["mine.vcf", "indel x1", "line 4", "SNVs only", "on_invalid='skip'"]),
     ("vcf: multi-allelic with an indel allele", lambda c: _vcf_score(c, "17\t41276135\t.\tT\tG,TAA\t.\t.\t.\n"),
      VariantError, ["mine.vcf: 1 of 2 variants", "indel x1", "line 3", "T>TAA", "split indels"]),
+    ("variants csv: multi-allelic ALT", lambda c: _csv_score(c, "chrom,pos,ref,alt\n17,41276135,T,\"G,C\"\n"),
+     VariantError, ["mine.csv", "multi_allelic x1", "line 2", "T>G,C", "one row per ALT allele", "explode('alt')"]),
+    ("vcf: INFO value not of its type", lambda c: expand_info(read_vcf(c.file("mine.vcf", VCF_HEAD.replace(
+        "#CHROM", '##INFO=<ID=AF,Number=A,Type=Float,Description="freq">\n#CHROM') + "17\t5\t.\tA\tC\t.\t.\tAF=high\n"))),
+     VariantError, ["mine.vcf, line 4", "AF='high'", "Type=Float", "##INFO header"]),
     ("vcf: symbolic allele", lambda c: _vcf_score(c, "17\t41276135\t.\tT\t<DEL>\t.\t.\t.\n"), VariantError,
      ["mine.vcf", "non_acgt", "line 3", "symbolic alleles"]),
     ("vcf: outside the genome", lambda c: _vcf_score(c, "17\t41000000\t.\tT\tG\t.\t.\t.\n"), VariantError,
@@ -447,3 +468,34 @@ def test_multi_allelic_rows_are_split_and_scored(ctx):
     out = _vcf_score(ctx, "17\t41276135\trs1\tT\tG,C\t.\t.\t.\n")
     assert list(out["alt"]) == ["G", "C"] and list(out["allele"]) == [1, 2] and list(out.index) == [3, 3]
     assert out["delta_ll"].notna().all()
+
+
+# --- multi-allelic INFO: split only where certain, otherwise kept whole with a warning --------------------------
+def _info_of(caplog, header: str, info: str, alts: str = "G,C,A") -> list[str]:
+    text = "##fileformat=VCFv4.2\n" + header + VCF_HEAD.split("\n", 1)[1] + f"17\t5\t.\tT\t{alts}\t.\t.\t{info}\n"
+    with caplog.at_level("WARNING", logger="bioft_tutorial.variants.vcf"):
+        return parse_vcf(text.splitlines(True), source="mine.vcf")["info"].tolist()
+
+
+def test_info_without_number_a_is_split_when_its_counts_match_the_alts(caplog):
+    assert _info_of(caplog, "", "CLS=FUNC,LOF,INT;DB") == ["CLS=FUNC;DB", "CLS=LOF;DB", "CLS=INT;DB"]
+    assert "INFO field CLS (no ##INFO header line) has one value per ALT" in caplog.text
+    assert "first on line 3" in caplog.text and "Number=A" in caplog.text
+
+
+def test_info_with_number_a_but_other_counts_is_kept_whole_with_a_warning(caplog):
+    header = '##INFO=<ID=CLS,Number=A,Type=String,Description="class, per ALT">\n'
+    assert _info_of(caplog, header, "CLS=FUNC,LOF") == ["CLS=FUNC,LOF"] * 3
+    assert "INFO field CLS (Number=A)" in caplog.text and "kept whole on every ALT row" in caplog.text
+
+
+def test_info_without_number_a_and_other_counts_is_kept_whole_with_a_warning(caplog):
+    assert _info_of(caplog, "", "CSQ=a,b,c,d") == ["CSQ=a,b,c,d"] * 3
+    assert "INFO field CSQ (no ##INFO header line)" in caplog.text and "bcftools norm -m -any" in caplog.text
+
+
+def test_info_that_the_header_declares_whole_stays_whole_silently(caplog):
+    header = ('##INFO=<ID=AF,Number=A,Type=Float,Description="x">\n'
+              '##INFO=<ID=XY,Number=2,Type=Integer,Description="two values, whatever the ALTs">\n')
+    assert _info_of(caplog, header, "AF=0.1,0.2;XY=3,4;N=7", alts="G,C") == ["AF=0.1;XY=3,4;N=7", "AF=0.2;XY=3,4;N=7"]
+    assert caplog.text == ""

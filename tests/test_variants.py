@@ -6,6 +6,7 @@ pass with a hand-written log-softmax), never against the package's own earlier o
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import math
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from bioft_tutorial.data import asset_path
 from bioft_tutorial.variants import (Genome, HFCausalLM, KmerModel, TinyDNALM, VariantError, WindowCache,
-                                     check_variants, parse_vcf, read_findlay_xlsx, read_variants_csv, read_vcf,
+                                     check_variants, expand_info, fit_kmer_background, parse_vcf, read_findlay_xlsx,
+                                     read_variants_csv, read_vcf,
                                      reverse_complement, score_variants, variant_window, window_bounds, write_vcf)
 
 FASTA = asset_path("brca1", "GRCh37_chr17_BRCA1_region.fa")
@@ -516,3 +518,36 @@ def test_evo2_shared_prefix_matches_full_windows():
     full = lm.log_likelihoods(refs + alts)
     ref_ll, alt_ll = lm.log_likelihoods_shared_prefix(refs, alts, [0, 1], 256)
     assert np.array_equal(ref_ll, full[:2]) and np.allclose(alt_ll, full[2:], atol=0.05)
+
+
+# ---------------------------------------------------------------------------------- INFO and k-mer background
+def test_expand_info_types_columns_from_the_header():
+    text = ('##fileformat=VCFv4.2\n##INFO=<ID=AF,Number=A,Type=Float,Description="freq, per ALT">\n'
+            '##INFO=<ID=DP,Number=1,Type=Integer,Description="depth">\n##INFO=<ID=DB,Number=0,Type=Flag,Description="">\n'
+            '##INFO=<ID=AD,Number=R,Type=Integer,Description="depths">\n'
+            "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+            "17\t5\t.\tA\tC,G\t.\t.\tAF=0.1,.;DP=12;DB;AD=5,6,7;CLS=FUNC\n17\t9\t.\tT\tA\t.\t.\tDP=3\n")
+    out = expand_info(parse_vcf(text.splitlines(True), source="x.vcf"))
+    assert out["AF"].iloc[0] == 0.1 and out["AF"].iloc[1:].isna().all() and out["AF"].dtype == np.float64
+    assert out["DP"].tolist() == [12, 12, 3] and str(out["DP"].dtype) == "Int64"
+    assert out["DB"].tolist() == [True, True, False]
+    assert out["AD"].tolist()[:2] == ["5,6", "5,7"] and out["CLS"].tolist()[:2] == ["FUNC", "FUNC"]
+    assert out[["AD", "CLS"]].iloc[2].isna().all()
+    assert list(out.index) == [7, 7, 8]
+
+
+def test_kmer_background_never_sees_the_windows():
+    rng = np.random.default_rng(0)
+    genome = {"c": "".join(rng.choice(list("ACGT"), 400))}
+    variants = pd.DataFrame({"chrom": ["c", "c"], "pos": [100, 110], "ref": ["A", "A"], "alt": ["G", "G"]})
+    lm = fit_kmer_background(genome, variants, window=40, k=3)
+    # independent count: the contig minus the windows [79, 119) and [89, 129), both strands, k-mers from a dict
+    pieces = [genome["c"][:79], genome["c"][129:]]
+    counts = Counter(s[i:i + 3] for p in pieces for s in (p, reverse_complement(p)) for i in range(len(s) - 2))
+    index = {"".join(kmer): n for n, kmer in enumerate(itertools.product("ACGT", repeat=3))}
+    expected = np.zeros(64, dtype=np.int64)
+    for kmer, n in counts.items():
+        expected[index[kmer]] = n
+    assert np.array_equal(lm.counts, expected) and lm.bases_seen == 79 + 271
+    with pytest.raises(ValueError, match="cover all the sequence"):
+        fit_kmer_background(genome, variants, window=10_000, k=3)

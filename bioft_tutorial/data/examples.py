@@ -105,38 +105,64 @@ def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int 
     return Dataset.from_dict(rows)
 
 
+def _row_name(df: pd.DataFrame, i: int) -> str:
+    """``"<source>, row <n>"`` for the ``i``-th row (0-based) of ``df``, as the user counts it.
+
+    The source is ``df.attrs["source"]`` (a file name; ``"table"`` if unset). The row is the index label when
+    the index names file rows (``"row"`` or ``"line"``, as the package's readers set it), else ``i + 1``.
+    """
+    label = df.index[i] if df.index.name in ("row", "line") else i + 1
+    return f"{df.attrs.get('source', 'table')}, {df.index.name or 'row'} {label}"
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages print ``nan``, not ``np.float64(nan)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def sequence_regression_examples(df: pd.DataFrame, tokenizer, sequence_column: str = "mutated_sequence",
                                  target_column: str = "DMS_score", center: float = 0.0, scale: float = 1.0):
     """Sequence-level regression examples: ``input_ids`` and one float label ``(target - center) / scale``.
 
+    Args:
+        df: one row per sequence (e.g. from :func:`~.sets.read_dms_csv`); ``df.attrs["source"]`` and an index
+            named ``"row"`` name rows in errors.
+        tokenizer: an ESM-2 tokenizer.
+        sequence_column, target_column: the columns of the sequence and of the measured value.
+        center, scale: the labels are ``(target - center) / scale`` (e.g. the training mean and standard
+            deviation); a prediction ``p`` means ``p * scale + center`` in the table's units.
+
     Returns:
-        ``datasets.Dataset`` with ``input_ids`` (``<cls> residues <eos>``) and ``labels`` (float).
+        ``datasets.Dataset`` with ``input_ids`` (``<cls> residues <eos>``) and ``labels`` (float), in row order.
 
     Raises:
-        DataError: a missing column, or a sequence longer than :data:`MAX_RESIDUES` (crop it first:
-        a fitness value belongs to the whole chain, so it cannot be split like per-residue labels).
+        DataError: a missing column, a target that is not a finite number, a missing sequence, or a sequence
+        longer than :data:`MAX_RESIDUES` (crop it first: a fitness value belongs to the whole chain, so it cannot
+        be split like per-residue labels); each names the source and the row.
     """
     from datasets import Dataset
 
+    source = df.attrs.get("source", "table")
     missing = {sequence_column, target_column} - set(df.columns)
     if missing:
-        raise DataError(f"DMS table: missing column(s) {sorted(missing)}; found {list(df.columns)}")
-    if scale <= 0:
+        raise DataError(f"{source}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
+    if not scale > 0:
         raise ValueError(f"scale={scale} must be > 0 (e.g. the standard deviation of the training targets)")
     targets = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float)
     if not np.isfinite(targets).all():
         i = int((~np.isfinite(targets)).argmax())
-        raise DataError(f"DMS table, row {i}, column {target_column!r}: {df[target_column].iloc[i]!r} is not a finite "
-                        "number; drop or fix such rows first (a NaN target would make the loss NaN)")
+        value = _plain(df[target_column].iloc[i])
+        raise DataError(f"{_row_name(df, i)}, column {target_column!r}: {value!r} is not a finite number; drop or "
+                        "fix such rows first (a NaN target would make the loss NaN)")
     vocab, input_ids = tokenizer.get_vocab(), []
     for i, seq in enumerate(df[sequence_column]):
         if not isinstance(seq, str):
-            raise DataError(f"DMS table, row {i}, column {sequence_column!r}: {seq!r} is not a sequence; drop "
-                            "rows without one")
+            raise DataError(f"{_row_name(df, i)}, column {sequence_column!r}: {_plain(seq)!r} is not a sequence; "
+                            "drop rows without one")
         if len(seq) > MAX_RESIDUES:
-            raise DataError(f"DMS table, row {i}: sequence of {len(seq)} residues is longer than {MAX_RESIDUES}; "
+            raise DataError(f"{_row_name(df, i)}: sequence of {len(seq)} residues is longer than {MAX_RESIDUES}; "
                             "crop it around the mutated region first")
-        ids = encode_protein(seq, vocab, source=f"DMS table, row {i}")
+        ids = encode_protein(seq, vocab, source=_row_name(df, i))
         input_ids.append([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id])
     labels = ((targets - center) / scale).tolist()
     return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
@@ -148,13 +174,20 @@ def dms_split(df: pd.DataFrame, by: str = "random", fractions: tuple[float, floa
 
     ``by="random"`` splits mutants at random. ``by="position"`` splits the *positions*: every mutant at a
     held-out position is in the held-out set, so the model never saw any substitution at a test position
-    (no leakage through the site; harder, and closer to predicting an unexplored site).
+    (no leakage through the site; harder, and closer to predicting an unexplored site). It needs the
+    ``position`` column :func:`~.sets.read_dms_csv` adds, and single mutants only.
 
     Returns:
         Series of split names, aligned with ``df.index``.
+
+    Raises:
+        DataError: ``by="position"`` on a table without a ``position`` column, or with rows that have no single
+            position (multi-mutants, the wild type), naming the first such row.
     """
     if by not in ("random", "position") or len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"use by='random' or 'position' and three fractions summing to 1 (got {by!r}, {fractions})")
+    if by == "position":
+        _check_positions(df)
     rng = np.random.default_rng(seed)
     keys = df["position"].unique() if by == "position" else df.index.to_numpy()
     keys = rng.permutation(keys)
@@ -164,3 +197,18 @@ def dms_split(df: pd.DataFrame, by: str = "random", fractions: tuple[float, floa
     name.update({k: "test" for k in keys[n_train + n_val:]})
     source = df["position"] if by == "position" else pd.Series(df.index, index=df.index)
     return source.map(name).rename("split")
+
+
+def _check_positions(df: pd.DataFrame) -> None:
+    source = df.attrs.get("source", "table")
+    if "position" not in df.columns:
+        raise DataError(f"{source}: by='position' needs a 'position' column (1-based, one per single mutant); found "
+                        f"{list(df.columns)[:10]}. Read the table with data.read_dms_csv(path, wt_seq), which adds "
+                        "it, or use by='random'")
+    missing = pd.isna(df["position"]).to_numpy()
+    if missing.any():
+        i = int(missing.argmax())
+        mutant = df["mutant"].iloc[i] if "mutant" in df.columns else None
+        raise DataError(f"{_row_name(df, i)}: mutant {mutant!r} has no single position ({int(missing.sum())} such "
+                        "rows: multi-mutants or the wild type); by='position' splits single mutants. Use by='random', "
+                        "or split the single mutants by position and place the others yourself")

@@ -28,11 +28,16 @@ def asset_path(*parts: str) -> Path:
     return path
 
 
-def _open_text(path: str | Path) -> IO[str]:
+def open_text(path: str | Path) -> IO[str]:
+    """Open a UTF-8 text file, plain or gzip/bgzip-compressed (``.gz``, ``.bgz``), for reading.
+
+    Raises:
+        FileNotFoundError: no such file, naming the path and the folder it is relative to.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; check the path (relative to {Path.cwd()})")
-    if path.suffix == ".gz":
+    if path.suffix in (".gz", ".bgz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8")
 
@@ -89,7 +94,7 @@ def read_fasta(path: str | Path) -> dict[str, str]:
         DataError: the file is not UTF-8 text or not valid gzip, or one of :func:`parse_fasta`'s errors.
     """
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             return parse_fasta(handle, source=str(path))
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable FASTA text file ({type(err).__name__}: {err}); check that it is "
@@ -98,7 +103,7 @@ def read_fasta(path: str | Path) -> dict[str, str]:
 
 def read_fasta_headers(path: str | Path) -> dict[str, str]:
     """``{id: full header line without '>'}`` for a FASTA file, in file order."""
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         return {line[1:].split()[0]: line[1:].strip() for line in handle if line.startswith(">")}
 
 

@@ -26,12 +26,15 @@ from .genome import Genome, VariantError, unknown_contig_message
 from .io import standardize_variants
 from .windows import reverse_complement
 
-PROBLEMS = ("missing", "bad_position", "non_acgt", "indel", "same_allele", "unknown_contig", "out_of_range",
+PROBLEMS = ("missing", "bad_position", "multi_allelic", "non_acgt", "indel", "same_allele", "unknown_contig", "out_of_range",
             "ref_mismatch")
 SHOW = 5  # rows quoted per kind of problem
 _FIX = {
     "missing": "fill in chrom, pos, ref and alt",
     "bad_position": "positions are whole numbers >= 1 (1-based, as in VCF)",
+    "multi_allelic": "write one row per ALT allele: split 'G,C' into two rows (with pandas: "
+                     "df.assign(alt=df['alt'].str.split(',')).explode('alt')), or write the variants as a VCF, which "
+                     "read_vcf splits per ALT",
     "non_acgt": "only A, C, G, T alleles can be scored; drop rows with N, IUPAC codes or symbolic alleles",
     "indel": "scoring handles SNVs only (one base -> one base); drop or split indels",
     "same_allele": "ref and alt are the same base; drop the row",
@@ -85,6 +88,8 @@ def _allele_problem(ref: str, alt: str, chrom: str, pos) -> str | None:
         return "missing" if (not chrom or not ref or not alt) else "bad_position"
     if pos < 1:
         return "bad_position"
+    if "," in alt:
+        return "multi_allelic"
     if set(ref) - set("ACGT") or set(alt) - set("ACGT"):
         return "non_acgt"
     if len(ref) != 1 or len(alt) != 1:
@@ -142,7 +147,7 @@ def describe_problems(genome: Genome, problems: pd.DataFrame, n_variants: int, s
         if kind == "unknown_contig":
             lines.append("  " + unknown_contig_message(rows["chrom"].iat[0], genome))
         if kind == "ref_mismatch":
-            checked = n_variants - int(problems["problem"].isin(PROBLEMS[:7]).sum())
+            checked = n_variants - int((problems["problem"] != "ref_mismatch").sum())
             lines[-1] += _hints(genome, rows, checked)
     lines.append("Fix these rows, or pass on_invalid='skip' to score the others (skipped rows get NaN scores and "
                  "a 'problem' column).")

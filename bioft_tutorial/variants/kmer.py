@@ -1,51 +1,26 @@
-"""The DNA language-model interface, and a k-mer Markov model that implements it in pure numpy.
+"""A k-mer Markov model of DNA in pure numpy, and :func:`fit_kmer_background`, which fits it on the genome
+outside the windows it will score (so it never saw the bases it scores).
 
-Any object with these three members can score variants (:func:`~.scoring.score_variants`)::
-
-    name: str                      # shown in tables; also keys the on-disk cache (or `cache_key` if present)
-    max_length: int                # longest sequence, in bases, the model accepts
-    log_likelihoods(seqs, reduce="mean") -> np.ndarray   # shape (len(seqs),), nats
-
-``log_likelihoods`` returns, per sequence, the sum (``reduce="sum"``) or mean (``"mean"``) over *predicted
-positions* of ``log p(base_i | bases before i)``, in nats. Which positions are predicted is the model's
-business: a causal neural model predicts positions 1..L-1 (the first base has no context), a k-mer model
-positions k-1..L-1. Ref and alt windows of a variant have the same length, so their difference is fair.
-
-A backend may also offer ``log_likelihoods_shared_prefix(refs, alts, parent, split, reduce)``, which scores
-alternate windows that equal their reference on ``[:split]`` without recomputing that shared part
-(see :mod:`.neural`); scoring uses it when present.
+:class:`KmerModel` implements the interface of :mod:`.interface`; it is the smoke profile's DNA model and a
+baseline for neural ones.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
-REDUCTIONS = ("mean", "sum")
+from .genome import Genome, as_genome
+from .interface import check_reduce
+from .io import standardize_variants
+from .windows import DEFAULT_WINDOW, outside, reverse_complement, window_bounds
+
 # A/C/G/T (either case) -> 0..3; anything else -> 4 ("not a base": its k-mers are not scored)
 _CODE = np.full(256, 4, dtype=np.int8)
 for _i, _b in enumerate("ACGT"):
     _CODE[ord(_b)] = _CODE[ord(_b.lower())] = _i
-
-
-@runtime_checkable
-class DNALanguageModel(Protocol):
-    """What :func:`~.scoring.score_variants` needs from a DNA language model."""
-
-    name: str
-    max_length: int
-
-    def log_likelihoods(self, seqs: Sequence[str], reduce: str = "mean") -> np.ndarray:
-        """Per-sequence log-likelihood in nats (sum or mean over predicted positions), shape ``(len(seqs),)``."""
-        ...
-
-
-def check_reduce(reduce: str) -> str:
-    """Validate a ``reduce`` argument (``"mean"`` or ``"sum"``)."""
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce={reduce!r}; use 'mean' (per predicted position) or 'sum' (whole sequence)")
-    return reduce
 
 
 def encode_bases(seq: str) -> np.ndarray:
@@ -81,6 +56,7 @@ class KmerModel:
             raise ValueError(f"pseudocount={pseudocount}: must be > 0, or unseen k-mers get probability 0")
         self.k, self.pseudocount, self.both_strands = k, float(pseudocount), both_strands
         self.counts = np.zeros(4**k, dtype=np.int64)
+        self.bases_seen = 0  # bases of training sequence (one strand) given to fit()
         self._log_p: np.ndarray | None = None
 
     @property
@@ -109,9 +85,8 @@ class KmerModel:
 
     def fit(self, sequences: str | Iterable[str]) -> "KmerModel":
         """Add the k-mer counts of ``sequences`` (one string or many) and recompute the table. Returns self."""
-        from .windows import reverse_complement
-
         for seq in [sequences] if isinstance(sequences, str) else sequences:
+            self.bases_seen += len(seq)
             strands = (seq, reverse_complement(seq.upper())) if self.both_strands else (seq,)
             for strand in strands:
                 if len(strand) >= self.k:
@@ -148,3 +123,42 @@ class KmerModel:
             total = np.where(ok, table[ids], 0.0).sum(axis=1)
             out[rows] = total / np.maximum(ok.sum(axis=1), 1) if reduce == "mean" else total
         return out
+
+
+def fit_kmer_background(genome: Genome | str | Mapping[str, str], variants: pd.DataFrame,
+                        window: int = DEFAULT_WINDOW, k: int = 6, **options) -> KmerModel:
+    """A :class:`KmerModel` fitted on the genome outside every window that scoring ``variants`` will use.
+
+    For each contig the variants are on, the sequence the genome holds minus the union of the variants'
+    windows (:func:`~.windows.window_bounds`, clipped at the contig's ends) is counted, so the model has
+    never seen a base it will be asked about. Variants on contigs the genome lacks, or outside the
+    sequence it holds, are left to :func:`~.scoring.score_variants` to report.
+
+    Args:
+        genome: a :class:`~.genome.Genome`, a FASTA path or ``{contig: sequence}``.
+        variants: chrom and pos (1-based) columns, as for :func:`~.scoring.score_variants`.
+        window: the window length scoring will use (bases).
+        k, options: passed to :class:`KmerModel` (``pseudocount``, ``both_strands``).
+
+    Returns:
+        The fitted model; ``bases_seen`` says on how many bases.
+
+    Raises:
+        ValueError: the windows leave no sequence to fit on (use a smaller window, or a FASTA with more
+            sequence around the variants).
+    """
+    genome, std = as_genome(genome), standardize_variants(variants)
+    model = KmerModel(k=k, **options)
+    for chrom in pd.unique(std["chrom"]):
+        contig = genome.find(chrom)
+        if contig is None:
+            continue
+        positions = std.loc[std["chrom"] == chrom, "pos"].dropna().unique()
+        spans = [window_bounds(int(p), window, contig.start, contig.end) for p in positions
+                 if contig.start < int(p) <= contig.end]
+        model.fit([piece for piece in outside(genome, contig.name, spans) if len(piece) >= k])
+    if model.bases_seen == 0:
+        raise ValueError(f"the {window:,}-base windows around the variants cover all the sequence the genome holds "
+                         "on their contigs, so nothing is left to fit the k-mer model on; use a smaller window, or a "
+                         "FASTA with more sequence around the variants")
+    return model

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lms import check_reduce
+from .interface import check_reduce
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ def score_variants(lm, genome: Genome | str | Path | Mapping[str, str], variants
     """Score every SNV of ``variants`` by the change in the model's mean log-likelihood of its window.
 
     Args:
-        lm: a DNA language model (``name``, ``max_length``, ``log_likelihoods``; see :mod:`.lms`).
+        lm: a DNA language model (``name``, ``max_length``, ``log_likelihoods``; see :mod:`.interface`).
         genome: a :class:`~.genome.Genome`, a FASTA path or ``{contig: sequence}``.
         variants: columns chrom, pos (1-based), ref, alt (plus any others, kept), e.g. from
             :func:`~.io.read_vcf`, :func:`~.io.read_variants_csv` or :func:`~.io.read_findlay_xlsx`.
