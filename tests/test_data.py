@@ -181,3 +181,23 @@ def test_read_dms_csv_checks_a_given_mutated_sequence(tmp_path):
     with pytest.raises(DataError, match=r"d.tsv, row 3: column 'mutated_sequence'.*'Y5W'.*position 5 has 'F', "
                                         r"expected 'W'"):
         data.read_dms_csv(path, "MKTAY")
+
+
+# --- FLIP-style split FASTA ----------------------------------------------------------------------------
+def test_read_flip_fasta_gives_splits_and_targets(tmp_path):
+    path = tmp_path / "four_mutations.fasta"
+    path.write_text(">Sequence0 TARGET=1.5 SET=train VALIDATION=False\nMKT\nAY\n"
+                    ">Sequence1 TARGET=-0.25 SET=train VALIDATION=True\nMKTAW\n>Sequence2 TARGET=0 SET=test\nMKTAA\n")
+    df = data.read_flip_fasta(path)
+    assert df["id"].tolist() == ["Sequence0", "Sequence1", "Sequence2"] and df.index.tolist() == [1, 4, 6]
+    assert df["sequence"].tolist() == ["MKTAY", "MKTAW", "MKTAA"]
+    assert df["split"].tolist() == ["train", "validation", "test"] and df["target"].tolist() == [1.5, -0.25, 0.0]
+
+
+def test_flip_secondary_structure_splits_come_from_the_headers():
+    flip = data.read_flip_fasta(data.asset_path("flip_secondary_structure", "sampled.fasta.gz"))
+    assert "target" not in flip.columns and set(flip["sequence"].iloc[0]) <= set("HEC")
+    with gzip.open(data.asset_path("flip_secondary_structure", "sampled.fasta.gz"), "rt") as handle:
+        headers = [line.split() for line in handle if line.startswith(">")]
+    expected = ["test" if "SET=test" in h else "validation" if "VALIDATION=True" in h else "train" for h in headers]
+    assert flip["split"].tolist() == expected

@@ -216,6 +216,11 @@ CASES = [
         c, f"mutant,DMS_score,mutated_sequence\nK2A,0.1,{WT}\n"), DataError,
      ["dms.csv, row 2", "'mutated_sequence'", "'K2A'", "position 2 has 'K', expected 'A'", "offset"]),
     # FASTA
+    ("fasta: FLIP header without SET", lambda c: data.read_flip_fasta(c.file("flip.fasta", ">s1 TARGET=0.5\nMK\n")),
+     DataError, ["flip.fasta, line 1", "SET=None", "'>id SET=train VALIDATION=False'"]),
+    ("fasta: FLIP target not a number", lambda c: data.read_flip_fasta(
+        c.file("flip.fasta", ">s1 SET=train\nMK\n>s2 TARGET=high SET=test\nMA\n")), DataError,
+     ["flip.fasta, line 3", "TARGET='high' is not a number"]),
     ("fasta: text before header", lambda c: _fasta("MKT\n>a\nMK\n"), DataError,
      ["mine.fa, line 1", "'MKT'", "before the first '>' header"]),
     ("fasta: duplicate id", lambda c: _fasta(">a\nMK\n>b\nMK\n>a\nGG\n"), DataError,

@@ -20,7 +20,7 @@ from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir
 from .mutants import (AMINO_ACIDS, WILD_TYPE_NAMES, Substitution, apply_mutant, is_wild_type,
                       mutants_from_sequences, parse_mutant, single_mutants)
 from .sets import (BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,
-                   load_flip_secondary_structure, read_dms_csv, validate_token_labels)
+                   load_flip_secondary_structure, read_dms_csv, read_flip_fasta, validate_token_labels)
 
 __all__ = [
     "AMINO_ACIDS",
@@ -53,6 +53,7 @@ __all__ = [
     "read_dms_csv",
     "read_fasta",
     "read_fasta_headers",
+    "read_flip_fasta",
     "secondary_structure_examples",
     "sequence_regression_examples",
     "sha256_file",

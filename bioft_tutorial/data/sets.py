@@ -3,7 +3,7 @@
 Shipped with the package (see ``bioft_tutorial/assets/*/SOURCE.md`` for origin and licence):
 
 * FLIP secondary structure (NetSurfP-2.0 chains, H/E/C labels, resolved-residue mask):
-  :func:`load_flip_secondary_structure`.
+  :func:`load_flip_secondary_structure`, read with :func:`read_flip_fasta` (any FLIP-style split FASTA).
 * ProteinGym BLAT_ECOLX_Stiffler_2015 DMS (4,996 single substitutions of TEM-1):
   :func:`load_blat_dms`, :func:`blat_wild_type`, :func:`read_dms_csv`.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import DataError, asset_path, read_fasta, read_fasta_headers
+from .files import DataError, asset_path, open_text, read_fasta
 from .mutants import AMINO_ACIDS, WILD_TYPE_NAMES, apply_mutant, parse_mutant  # noqa: F401 (AMINO_ACIDS re-exported)
 
 SS_LABELS = "HEC"  # helix, strand, coil: the label order used everywhere (class ids 0, 1, 2)
@@ -25,8 +25,53 @@ BLAT_N_MUTANTS = 4996
 logger = logging.getLogger(__name__)
 
 
-def _header_fields(header: str) -> dict[str, str]:
-    return dict(field.split("=", 1) for field in header.split()[1:] if "=" in field)
+def read_flip_fasta(path: str | Path) -> pd.DataFrame:
+    """Read a FLIP-style split FASTA: headers such as ``>Sequence7 TARGET=0.42 SET=train VALIDATION=False``.
+
+    FLIP (Dallago et al. 2021) writes each task's split as one FASTA: ``SET`` is ``train`` or ``test``, and
+    ``VALIDATION=True`` marks the training records held out for validation. ``TARGET`` (a sequence-level
+    value, e.g. fitness) is optional; per-residue tasks put their labels in the record body instead.
+
+    Returns:
+        One row per record, in file order: ``id``, ``sequence`` (the record body), ``split`` (``"train"``,
+        ``"validation"`` or ``"test"``) and, when any header has one, ``target`` (float). The index, named
+        ``"line"``, is each header's line number; ``attrs["source"]`` is the path.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: a FASTA error (see :func:`~.files.parse_fasta`), a header without ``SET=train`` or
+            ``SET=test``, or a ``TARGET`` that is not a number, naming the file and the line.
+    """
+    records = read_fasta(path)
+    rows, lines = [], []
+    with open_text(path) as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.startswith(">"):
+                rows.append(_flip_header(line[1:], records, path, lineno))
+                lines.append(lineno)
+    df = pd.DataFrame(rows, index=pd.Index(lines, name="line"))
+    if "target" in df.columns:
+        df["target"] = df["target"].astype(float)
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _flip_header(header: str, records: dict[str, str], path: str | Path, lineno: int) -> dict:
+    rid, *rest = header.split()
+    fields = dict(item.split("=", 1) for item in rest if "=" in item)
+    where = f"{path}, line {lineno}"
+    if fields.get("SET") not in ("train", "test"):
+        raise DataError(f"{where}: header {header.strip()[:60]!r} has SET={fields.get('SET')!r}; a FLIP-style split "
+                        "header reads '>id SET=train VALIDATION=False' (or SET=test), TARGET=<number> optional")
+    split = "test" if fields["SET"] == "test" else "validation" if fields.get("VALIDATION") == "True" else "train"
+    row = {"id": rid, "sequence": records[rid], "split": split}
+    if "TARGET" in fields:
+        try:
+            row["target"] = float(fields["TARGET"])
+        except ValueError:
+            raise DataError(f"{where}: TARGET={fields['TARGET']!r} is not a number; write the measured value, e.g. "
+                            "TARGET=0.42") from None
+    return row
 
 
 def load_flip_secondary_structure(split: str | None = None, max_chains: int | None = None,
@@ -50,14 +95,10 @@ def load_flip_secondary_structure(split: str | None = None, max_chains: int | No
         raise ValueError(f"unknown split {split!r}; use 'train', 'validation', 'test' or None")
     folder = ("flip_secondary_structure",)
     seqs = read_fasta(asset_path(*folder, "sequences.fasta.gz"))
-    labels = read_fasta(asset_path(*folder, "sampled.fasta.gz"))
+    labels = read_flip_fasta(asset_path(*folder, "sampled.fasta.gz")).set_index("id")
     masks = read_fasta(asset_path(*folder, "mask.fasta.gz"))
-    headers = read_fasta_headers(asset_path(*folder, "sampled.fasta.gz"))
-    rows = []
-    for cid, seq in seqs.items():
-        fields = _header_fields(headers.get(cid, ""))
-        name = "test" if fields.get("SET") == "test" else "validation" if fields.get("VALIDATION") == "True" else "train"
-        rows.append((cid, seq, labels.get(cid, ""), masks.get(cid, ""), name))
+    rows = [(cid, seq, labels["sequence"].get(cid, ""), masks.get(cid, ""), labels["split"].get(cid, "train"))
+            for cid, seq in seqs.items()]
     df = pd.DataFrame(rows, columns=["id", "sequence", "labels", "mask", "split"])
     validate_token_labels(df, source="flip_secondary_structure/sampled.fasta.gz")
     counts = df["split"].value_counts().to_dict()
