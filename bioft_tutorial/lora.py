@@ -1,4 +1,4 @@
-"""LoRA for ESM-2 with PEFT: the config, the three training methods, parameter counts and memory estimates.
+"""LoRA for ESM-2 with PEFT: the config, the three training methods, parameter counts, memory and FLOP estimates.
 
 LoRA (Hu et al. 2022) freezes a pretrained weight ``W`` (``d_out x d_in``) and learns a low-rank update
 
@@ -169,6 +169,35 @@ def family_memory_table(sizes: tuple[str, ...] = tuple(ESM2_FAMILY), methods: tu
     """:func:`estimate_training_memory` for each size and method, one row each (``size``, ``method``, ...)."""
     rows = [{"size": s, "method": m, **estimate_training_memory(s, m, **kwargs)} for s in sizes for m in methods]
     return pd.DataFrame(rows)
+
+
+def matmul_params(config: EsmConfig) -> int:
+    """Weights that multiply every token: the encoder's linear layers (query, key, value, attention output,
+    feed-forward in and out), ``4 d**2 + 2 d f`` per layer (``12 d**2`` for ESM-2, whose ``f = 4 d``)."""
+    d, f = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (4 * d * d + 2 * d * f)
+
+
+def flops_per_token(config: EsmConfig, method: str, chain_length: float) -> float:
+    """Useful FLOPs of one training step per real token, for model FLOPs utilisation (MFU).
+
+    A product with ``N`` weights (:func:`matmul_params`) costs ``2N`` per token forward, ``2N`` more for the
+    gradient of its input and ``2N`` for the gradient of its weights: ``2N`` for ``"head"`` (the encoder
+    needs no backward pass), ``4N`` for ``"lora"`` (frozen weights need no weight gradient), ``6N`` for
+    ``"full"``. Attention adds ``4 L d`` per token and layer forward and twice that backward, for chains of
+    ``L`` tokens. Recomputation (activation checkpointing), padding and LoRA's own small products do not count.
+
+    Args:
+        config: the model's shape (e.g. ``models.esm2_config("650M")``).
+        method: ``"head"``, ``"lora"`` or ``"full"``.
+        chain_length: ``L``, tokens per chain; for chains of mixed lengths the token-weighted mean
+            ``sum(L**2) / sum(L)``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    passes = {"head": 1, "lora": 2, "full": 3}[method]
+    attention = 4 * chain_length * config.hidden_size * config.num_hidden_layers * (1 if method == "head" else 3)
+    return 2 * passes * matmul_params(config) + attention
 
 
 def load_adapter(base_model: PreTrainedModel, folder: str, is_trainable: bool = False) -> PeftModel:

@@ -84,3 +84,24 @@ def test_adapter_round_trip_and_merge(tmp_path):
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert torch.allclose(merged(input_ids=x, attention_mask=mask).logits, before, atol=1e-5)
     assert lora.folder_bytes(tmp_path / "adapter") < 0.5 * sum(p.numel() * 4 for p in merged.parameters())
+
+
+def test_matmul_params_counts_the_encoder_linear_weights():
+    from transformers import EsmModel
+
+    config = models.esm2_config("650M")
+    with torch.device("meta"):
+        encoder = EsmModel(config).encoder
+    counted = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
+    assert lora.matmul_params(config) == counted and 640e6 < counted < 660e6
+
+
+def test_flops_per_token_by_hand():
+    config = models.tiny_esm2_config()
+    d, layers = config.hidden_size, config.num_hidden_layers
+    n = layers * 12 * d * d  # 4 d x d attention products, 2 d x 4d feed-forward products per layer
+    assert lora.flops_per_token(config, "lora", 100) == 4 * n + 12 * 100 * d * layers
+    assert lora.flops_per_token(config, "full", 100) == 6 * n + 12 * 100 * d * layers
+    assert lora.flops_per_token(config, "head", 100) == 2 * n + 4 * 100 * d * layers
+    with pytest.raises(ValueError, match="unknown method"):
+        lora.flops_per_token(config, "adapter", 100)
