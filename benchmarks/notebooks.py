@@ -1,0 +1,257 @@
+"""``python -m benchmarks notebooks``: execute every chapter in the full profile on the GPU and record what it cost.
+
+Each ``notebooks/NN_*.ipynb`` runs with papermill (``BIOFT_PROFILE=full``, kernel in ``notebooks/``) with
+random-weight models of the real shapes, since the GPU machine has no model hub: a local ESM-2 650M folder
+written first (``random_esm2(esm2_config("650M"), task="mlm")`` plus the tokenizer) is passed as
+``model_name`` to the ESM-2 chapters, and ``evo2_7b:random`` to the Evo 2 chapters. Step counts are shortened
+by the papermill parameters in :data:`SHORTENED`; a chapter's ``output_root`` and ``cache_dir`` point into
+a folder of its own, so that its disk use can be measured.
+
+Per notebook the record holds: ``runtime_s``; ``peak_gpu_mem_gib`` (device memory in use over all GPUs,
+sampled with NVML or ``nvidia-smi``: CUDA contexts and PyTorch's cache included); ``disk_written_gib`` (the
+sectors written to the root disk, ``/proc/diskstats``, after ``sync``); ``output_peak_gib`` (the largest size
+of the chapter's own folder); ``training`` (per training run found as ``history.jsonl`` under that folder:
+steps and the median real tokens/s and step time after warm-up); the ``parameters`` given; and ``error``
+(the last lines of papermill's report) if it failed. The executed notebooks are kept (``--executed-dir``).
+``--smoke`` runs the same machinery on the CPU in the smoke profile with ``00_environment`` only.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+
+from benchmarks.harness import ResultsFile
+
+COMMAND = "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+EVO2_RANDOM = "evo2_7b:random"
+#: Papermill parameters per chapter that shorten the full profile ("{out}": the chapter's own folder).
+SHORTENED: dict[str, dict] = {
+    "03_gpu_training": {"max_steps": 120, "dms_max_steps": 60, "trainer_max_steps": 30, "eval_every": 60},
+    "04_evo2_variant_scoring": {"max_variants": 200},
+}
+#: The notebooks ``--smoke`` runs (CPU, smoke profile).
+SMOKE_NOTEBOOKS = ("00_environment",)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks {COMMAND}", description=__doc__.split("\n")[0])
+    p.add_argument("--notebooks", default="*", help="comma-separated names or globs of notebooks/*.ipynb stems")
+    p.add_argument("--budget-s", type=float, default=3600.0, help="stop starting notebooks after this, seconds; "
+                                                                  "a running one is stopped at the end of it")
+    p.add_argument("--work-dir", default="_build/gpu-notebooks", help="models and the chapters' output folders")
+    p.add_argument("--executed-dir", help="executed notebooks (default <work-dir>/executed)")
+    p.add_argument("--keep-outputs", action="store_true", help="keep each chapter's output folder")
+    p.add_argument("--out", help="results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)")
+    p.add_argument("--smoke", action="store_true", help="CPU, smoke profile, 00_environment only (for tests)")
+    return p.parse_args(argv)
+
+
+def parameter_defaults(path: Path) -> dict[str, str]:
+    """The names in a notebook's ``parameters`` cell and the source text of each default value."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    tree = ast.parse(cell.source)
+    return {t.id: ast.get_source_segment(cell.source, node.value) for node in tree.body
+            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def parameters_for(path: Path, esm_folder: str, out: Path) -> dict:
+    """Papermill parameters of one notebook: the random-weight models, its own folder, shortened steps."""
+    defaults, params = parameter_defaults(path), {}
+    model = defaults.get("model_name", "")
+    if "evo2" in model:
+        params["model_name"] = EVO2_RANDOM
+    elif "esm" in model:
+        params["model_name"] = esm_folder
+    if "output_root" in defaults:
+        params["output_root"] = str(out)
+    if "cache_dir" in defaults:
+        params["cache_dir"] = str(out / "cache")
+    return params | SHORTENED.get(path.stem, {})
+
+
+def write_esm_folder(folder: Path, smoke: bool) -> Path:
+    """A local ESM-2 checkpoint with random weights (650M; the tiny model in smoke), written once."""
+    if (folder / "model.safetensors").exists():
+        return folder
+    import torch
+
+    from bioft_tutorial import models
+
+    config = models.tiny_esm2_config() if smoke else models.esm2_config("650M")
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    models.random_esm2(config, task="mlm", device=device).save_pretrained(str(folder))
+    models.load_tokenizer().save_pretrained(str(folder))
+    return folder
+
+
+def gpu_memory_used() -> int | None:
+    """Bytes of device memory in use over all GPUs (NVML, else ``nvidia-smi``); ``None`` without a GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        return sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles)
+    except Exception:  # noqa: BLE001 - no NVML binding or no driver: try the command line
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return sum(int(x) for x in out.split()) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def disk_sectors_written() -> tuple[int, str]:
+    """Sectors (512 bytes) written so far to the disk holding ``/`` (all physical disks if it cannot be
+    told, e.g. on an overlay file system), and which disk(s) that is."""
+    stats = {parts[2]: (int(parts[0]), int(parts[1]), int(parts[9]))
+             for parts in (line.split() for line in Path("/proc/diskstats").read_text().splitlines())}
+    dev = os.stat("/").st_dev
+    for name, (major, minor, written) in stats.items():
+        if (major, minor) == (os.major(dev), os.minor(dev)):
+            return written, name
+    disks = [n for n in stats if Path(f"/sys/block/{n}/device").exists()]
+    return sum(stats[n][2] for n in disks), "+".join(disks) or "none"
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # deleted while we looked (a checkpoint being replaced)
+                pass
+    return total
+
+
+class Monitor(threading.Thread):
+    """Samples GPU memory in use (every ``interval`` s) and the size of a folder (every 4th sample); keeps peaks."""
+
+    def __init__(self, folder: Path, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.folder, self.interval, self.stop = folder, interval, threading.Event()
+        self.gpu_peak, self.folder_peak, self.gpu_before = None, 0, gpu_memory_used()
+
+    def run(self) -> None:
+        k = 0
+        while not self.stop.wait(self.interval):
+            used = gpu_memory_used() if self.gpu_before is not None else None
+            if used is not None:
+                self.gpu_peak = max(self.gpu_peak or 0, used)
+            if k % 4 == 0:
+                self.folder_peak = max(self.folder_peak, folder_bytes(self.folder))
+            k += 1
+
+
+def training_runs(folder: Path) -> list[dict]:
+    """Per ``history.jsonl`` under ``folder``: the run's name, steps, and median real tokens/s and step time
+    over the steps after warm-up (the first tenth of the steps, at least 3: compilation happens there)."""
+    runs = []
+    for path in sorted(folder.rglob("history.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steady = rows[max(3, len(rows) // 10):] or rows
+        speeds = sorted(r["tokens_per_s"] for r in steady if r.get("tokens_per_s"))
+        times = sorted(r["tokens"] / r["tokens_per_s"] for r in steady if r.get("tokens_per_s"))
+        runs.append({"run": path.parent.relative_to(folder).as_posix(), "steps": len(rows),
+                     "warmup": len(rows) - len(steady), "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+                     "step_s": round(times[len(times) // 2], 4) if times else None})
+    return runs
+
+
+def execute(path: Path, params: dict, executed: Path, timeout: float, smoke: bool) -> str | None:
+    """Run one notebook with papermill in a subprocess; ``None`` if it ran, else the last lines of the error."""
+    env = {**os.environ, "BIOFT_PROFILE": "smoke" if smoke else "full", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "papermill", str(path), str(executed), "--cwd", str(path.parent),
+           "--no-progress-bar", "-y", json.dumps(params)]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"stopped after {timeout:.0f} s (the --budget-s of this run)"
+    if done.returncode == 0:
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stderr + done.stdout)  # no terminal colours
+    return "\n".join(text.strip().splitlines()[-25:])
+
+
+def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path, timeout: float) -> dict:
+    """Execute one notebook and measure it (see the module docstring)."""
+    out = Path(args.work_dir).resolve() / path.stem
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    params = parameters_for(path, str(esm), out)
+    shown = {k: "<random-weight ESM-2 folder>" if v == str(esm) else
+             (v.replace(str(out), "<output folder>") if isinstance(v, str) else v) for k, v in params.items()}
+    os.sync()
+    sectors, disk = disk_sectors_written()
+    monitor = Monitor(out)
+    monitor.start()
+    start = time.perf_counter()
+    error = execute(path, params, executed_dir / path.name, timeout, args.smoke)
+    runtime = time.perf_counter() - start
+    os.sync()
+    monitor.stop.set()
+    monitor.join()
+    gib = lambda b: None if b is None else round(b / 2**30, 3)  # noqa: E731
+    record = {"notebook": path.stem, "runtime_s": round(runtime, 1), "parameters": shown,
+              "peak_gpu_mem_gib": gib(monitor.gpu_peak), "gpu_mem_before_gib": gib(monitor.gpu_before),
+              "disk_written_gib": gib((disk_sectors_written()[0] - sectors) * 512), "disk": disk,
+              "output_peak_gib": gib(max(monitor.folder_peak, folder_bytes(out))), "training": training_runs(out),
+              "executed": os.path.relpath(executed_dir / path.name, ROOT), "smoke": args.smoke,
+              "profile": "smoke" if args.smoke else "full"}
+    if not args.keep_outputs:
+        shutil.rmtree(out, ignore_errors=True)
+    return record | ({"error": error} if error else {})
+
+
+def select(patterns: str, smoke: bool) -> list[Path]:
+    """The notebooks to run, in file-name order."""
+    stems = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    globs = list(SMOKE_NOTEBOOKS) if smoke and patterns == "*" else [g.strip() for g in patterns.split(",")]
+    chosen = [s for s in stems if any(fnmatch.fnmatch(s, g) or s.startswith(g) for g in globs)]
+    if not chosen:
+        raise SystemExit(f"{COMMAND}: no notebook matches {patterns!r}; notebooks: {', '.join(stems)}")
+    return [ROOT / "notebooks" / f"{s}.ipynb" for s in chosen]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Write the model folder, run the notebooks within the budget, write the results file after each."""
+    args = parse_args(list(argv or []))
+    notebooks = select(args.notebooks, args.smoke)
+    work = Path(args.work_dir).resolve()
+    executed_dir = Path(args.executed_dir or work / "executed").resolve()
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    results, records, start = ResultsFile(COMMAND, args.out, args.smoke), [], time.perf_counter()
+    esm = write_esm_folder(work / ("esm2-tiny-random" if args.smoke else "esm2-650M-random"), args.smoke)
+    for path in notebooks:
+        left = args.budget_s - (time.perf_counter() - start)
+        if left < 10:
+            record = {"notebook": path.stem, "skipped": f"time budget of {args.budget_s:.0f} s spent"}
+        else:
+            record = run_one(path, args, esm, executed_dir, left)
+        records.append(record)
+        line = record.get("skipped") or (f"FAILED after {record['runtime_s']:.0f} s" if "error" in record else
+                                         f"ran in {record['runtime_s']:.0f} s")
+        print(f"[{COMMAND}] {path.stem}: {line}", flush=True)
+        results.write(records)
+    print(f"[{COMMAND}] wrote {results.path}", flush=True)
+    return records

@@ -1,0 +1,212 @@
+"""Read stored GPU measurements: the tables and figures the book's pages show from ``book/results/gpu/``.
+
+The files are written by the benchmarks beside the package (``python -m benchmarks <command>``), one JSON
+file per run: ``{"command": ..., "env": {...}, "results": [record, ...]}``, each record repeating the GPU,
+library versions and date (schema in ``book/results/gpu/README.md``). Nothing here measures anything.
+
+Only GPU records are shown: records of smoke runs (tiny model, CPU), failed and skipped cases are left out.
+Ratios are taken only between records of one file (one run, one machine, one day).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+RESULTS_DIR = Path("book") / "results" / "gpu"
+#: The ablation of the ``train`` benchmark, in the order each setting adds one technique.
+ABLATION = ("fp32-padded", "bf16-padded", "bf16-packed", "fast")
+BASELINE = "hf-trainer"
+
+
+def find_results_dir(results_dir: str | Path | None = None) -> Path | None:
+    """``book/results/gpu`` looked up from the working directory upwards (notebooks run in ``notebooks/``),
+    then beside the package (an editable install lives in the repository); ``None`` if there is none."""
+    if results_dir is not None:
+        return Path(results_dir)
+    here = Path.cwd().resolve()
+    for root in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        if (root / RESULTS_DIR).is_dir():
+            return root / RESULTS_DIR
+    return None
+
+
+def measured(command: str, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """GPU records of one benchmark command (files ``<command>-<date>.json``), oldest first.
+
+    Returns:
+        One row per record, with the ``file`` it came from; smoke, CPU, failed and skipped records left
+        out. Empty when nothing is stored.
+    """
+    folder = find_results_dir(results_dir)
+    rows = []
+    for path in sorted(folder.glob(f"{command}-2*.json")) if folder is not None and folder.is_dir() else []:
+        for record in json.loads(path.read_text())["results"]:
+            failed = "error" in record or "skipped" in record
+            if not (failed or record.get("smoke") or record.get("gpu", "cpu") == "cpu"):
+                rows.append({**record, "file": path.name})
+    df = pd.DataFrame(rows)
+    return df.sort_values("date", kind="stable").reset_index(drop=True) if len(df) else df
+
+
+def provenance(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per results file: GPU, library versions, date and how many records it holds."""
+    if df.empty:
+        return df
+    grouped = df.groupby("file", sort=False)
+    return pd.DataFrame({"gpu": grouped["gpu"].first(), "torch": grouped["torch"].first(),
+                         "transformers": grouped["transformers"].first(), "date": grouped["date"].first(),
+                         "records": grouped.size()})
+
+
+def _one_run(df: pd.DataFrame, cases: list[str]) -> pd.DataFrame:
+    """The records of the newest file that holds the most of ``cases``, indexed by case."""
+    if df.empty or "case" not in df:
+        return pd.DataFrame()
+    hits = df[df["case"].isin(cases)].groupby("file", sort=False)["case"].nunique()
+    if hits.empty:
+        return pd.DataFrame()
+    run = df[df["file"] == hits[hits == hits.max()].index[-1]]
+    return run.drop_duplicates("case", keep="last").set_index("case")
+
+
+def ablation_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
+    """What each training setting buys, all from one run of the ``train`` benchmark.
+
+    Rows: the Hugging Face Trainer baseline, then :data:`ABLATION` (``<model>-<setting>``) in order.
+    Columns: the ``TrainConfig`` setting, real tokens/s, median step time, padding share, peak memory,
+    MFU, compile time, and the factors over the row above and over the Trainer of the same run.
+    ``table.attrs["file"]`` names the run.
+    """
+    names = [f"{model}-{s}" for s in (BASELINE, *ABLATION)]
+    run = _one_run(train, names)
+    if run.empty:
+        return run
+    table = run.reindex([n for n in names if n in run.index])
+    columns = ["setting", "tokens_per_s", "step_s", "padding_fraction", "peak_mem_gib", "mfu", "compile_s"]
+    table = table.reindex(columns=columns)
+    table["× previous"] = table["tokens_per_s"] / table["tokens_per_s"].shift(1)
+    trainer = run["tokens_per_s"].get(f"{model}-{BASELINE}", np.nan)
+    table["× Trainer"] = table["tokens_per_s"] / trainer
+    table.index = [n.removeprefix(f"{model}-") for n in table.index]
+    table.attrs["file"] = run["file"].iloc[0]
+    return table
+
+
+def methods_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
+    """Head only, LoRA and full fine-tuning on the fast path, from one run: speed, memory, what trains."""
+    names = [f"{model}-fast", f"{model}-head-fast", f"{model}-full-fast"]
+    run = _one_run(train, names)
+    if run.empty:
+        return run
+    table = run.reindex([n for n in names if n in run.index])
+    table = table.reindex(columns=["method", "tokens_per_s", "peak_mem_gib", "mfu", "trainable_params", "file"])
+    return table.set_index("method")
+
+
+def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
+    """What LoRA's adapters cost: the fast path's median step with LoRA against the same step, head only.
+
+    The head-only step runs the frozen model forward and backward without adapters: the floor a LoRA step
+    cannot beat. Both come from one file; ``None`` if no file has both.
+    """
+    run = _one_run(train, [f"{model}-fast", f"{model}-head-fast"])
+    if not {f"{model}-fast", f"{model}-head-fast"} <= set(run.index):
+        return None
+    lora, head = run.loc[f"{model}-fast"], run.loc[f"{model}-head-fast"]
+    return {"file": lora["file"], "gpu": lora["gpu"], "lora_step_s": lora["step_s"], "head_step_s": head["step_s"],
+            "lora_tokens_per_s": lora["tokens_per_s"], "head_tokens_per_s": head["tokens_per_s"],
+            "adapter_share": 1 - head["step_s"] / lora["step_s"]}
+
+
+def family_table(train: pd.DataFrame) -> pd.DataFrame:
+    """LoRA on the fast path per ESM-2 size (newest record of each): tokens/s, peak memory, MFU, settings."""
+    if train.empty:
+        return train
+    fast = train[(train["method"] == "lora") & train["case"].str.contains("fast")]
+    columns = ["token_budget", "checkpointing", "tokens_per_s", "peak_mem_gib", "mfu", "gpu", "file"]
+    table = fast.drop_duplicates("model", keep="last").set_index("model").reindex(columns=columns)
+    order = ["8M", "35M", "150M", "650M", "3B", "15B"]
+    return table.reindex([m for m in order if m in table.index])
+
+
+def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
+    """Several GPUs: tokens/s per GPU against one GPU of the same job, efficiency, memory, loss curves."""
+    if dist.empty:
+        return dist
+    columns = ["strategy", "world_size", "interconnect", "single_gpu_tokens_per_s", "tokens_per_s",
+               "scaling_efficiency", "single_gpu_peak_mem_gib", "peak_mem_gib", "loss_curve_max_abs_diff"]
+    return dist.drop_duplicates(["case", "world_size"], keep="last").set_index("case").reindex(columns=columns)
+
+
+def notebook_runs(results_dir: str | Path | None = None) -> pd.DataFrame:
+    """The newest record of each notebook executed in the full profile on a GPU (``notebooks-<date>.json``).
+
+    Columns: ``status`` (``"ran"`` or ``"failed"``), ``runtime_s``, ``peak_gpu_mem_gib``, ``disk_written_gib``,
+    ``output_peak_gib``, ``parameters``, ``gpu``, ``date``, ``file`` and ``training`` (one dict per training
+    run of the notebook: its name, steps, steady real tokens/s and median step time).
+    """
+    folder = find_results_dir(results_dir)
+    rows = []
+    for path in sorted(folder.glob("notebooks-2*.json")) if folder is not None and folder.is_dir() else []:
+        rows += [{**r, "file": path.name} for r in json.loads(path.read_text())["results"]
+                 if not r.get("smoke") and r.get("gpu", "cpu") != "cpu"]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).sort_values("date", kind="stable")
+    df["status"] = np.where(df.get("error", pd.Series(index=df.index)).notna(), "failed", "ran")
+    return df.drop_duplicates("notebook", keep="last").set_index("notebook").sort_index()
+
+
+def training_runs(notebooks: pd.DataFrame) -> pd.DataFrame:
+    """One row per training run recorded in :func:`notebook_runs` (notebook, run, steps, speed)."""
+    rows = [{"notebook": nb, **run} for nb, runs in notebooks.get("training", pd.Series(dtype=object)).items()
+            if isinstance(runs, list) for run in runs]
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def _placeholder(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"No GPU measurement stored yet\n({what})", ha="center", va="center",
+            transform=ax.transAxes)
+    ax.set(xticks=[], yticks=[])
+
+
+def plot_ablation(table: pd.DataFrame, model: str = "650M"):
+    """Horizontal bars: real tokens/s of each setting, with the factor over the bar above."""
+    fig, ax = plt.subplots(figsize=(8, 3.2), constrained_layout=True)
+    if table.empty:
+        _placeholder(ax, f"train benchmark, ESM-2 {model}")
+        return fig
+    y = np.arange(len(table))[::-1]
+    ax.barh(y, table["tokens_per_s"], color=["#7f7f7f" if i == BASELINE else "#1f77b4" for i in table.index])
+    for yi, value, factor in zip(y, table["tokens_per_s"], table["× previous"]):
+        ax.text(value, yi, f" {value:,.0f}" + (f"  (×{factor:.2f})" if np.isfinite(factor) else ""), va="center",
+                fontsize=8)
+    ax.set(yticks=y, yticklabels=table["setting"].fillna(pd.Series(table.index, index=table.index)),
+           xlabel=f"real tokens/s, ESM-2 {model} LoRA", xlim=(0, 1.4 * table["tokens_per_s"].max()))
+    return fig
+
+
+def plot_scaling(table: pd.DataFrame, dist: pd.DataFrame):
+    """Left: tokens/s per GPU, one GPU against N, per case. Right: their loss curves on the same batches."""
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    if table.empty:
+        _placeholder(ax, "train-dist benchmark (torchrun)")
+        _placeholder(ax_loss, "loss curves")
+        return fig
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["single_gpu_tokens_per_s"], 0.4, label="1 GPU", color="#7f7f7f")
+    ax.bar(x + 0.2, table["tokens_per_s"], 0.4, label="per GPU of N", color="#1f77b4")
+    ax.set(xticks=x, xticklabels=[f"{c}\nN={n}" for c, n in zip(table.index, table["world_size"])],
+           ylabel="real tokens/s per GPU")
+    ax.legend(frameon=False, fontsize=8)
+    for case, r in dist.drop_duplicates(["case", "world_size"], keep="last").set_index("case").iterrows():
+        line, = ax_loss.plot(r["loss_curve_single"], "o-", label=f"{case}: 1 GPU")
+        ax_loss.plot(r["loss_curve"], "x--", color=line.get_color(), label=f"{case}: {r['world_size']} GPUs")
+    ax_loss.set(xlabel="optimizer step (same global batches)", ylabel="loss (nats per token)")
+    ax_loss.legend(frameon=False, fontsize=7)
+    return fig

@@ -1,0 +1,107 @@
+"""bioft_tutorial.results: which stored records are shown, and the tables built from them."""
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from bioft_tutorial import results
+
+GPU = {"gpu": "NVIDIA H200", "torch": "2.11.0", "transformers": "5.24.0", "peft": "0.21.2"}
+
+
+def _write(folder, name: str, records: list[dict], date: str) -> None:
+    stamped = [{**GPU, "date": date, **r} for r in records]
+    (folder / name).write_text(json.dumps({"command": name.rsplit("-", 1)[0], "env": GPU, "results": stamped}))
+
+
+def _train_record(case: str, tokens_per_s: float, **extra) -> dict:
+    model, *rest = case.split("-")
+    method = rest[0] if rest[0] in ("head", "full") else "lora"
+    runner = "transformers.Trainer" if case.endswith("hf-trainer") else "train.train"
+    return {"case": case, "model": model, "method": method, "runner": runner, "setting": case, "step_s": 1.0,
+            "tokens_per_s": tokens_per_s, "peak_mem_gib": 10.0, "mfu": 0.3, "trainable_params": 100, **extra}
+
+
+@pytest.fixture()
+def gpu_dir(tmp_path):
+    """Two runs of the train benchmark: a complete older one, and a newer one with two cases only."""
+    full = [_train_record(c, v) for c, v in (("650M-hf-trainer", 10.0), ("650M-fp32-padded", 5.0),
+                                             ("650M-bf16-padded", 20.0), ("650M-bf16-packed", 25.0),
+                                             ("650M-fast", 50.0), ("3B-fast", 8.0))]
+    full += [_train_record("650M-head-fast", 80.0, step_s=0.6), _train_record("650M-full-fast", 30.0)]
+    _write(tmp_path, "train-20260101T000000Z.json", full, "2026-01-01T00:00:00Z")
+    newer = [_train_record("650M-fast", 500.0), _train_record("650M-hf-trainer", 1.0),
+             _train_record("650M-bf16-padded", 0.0, error="RuntimeError: out of memory"),
+             _train_record("8M-fast", 999.0, smoke=True), {**_train_record("35M-fast", 9.0), "gpu": "cpu"}]
+    _write(tmp_path, "train-20260202T000000Z.json", newer, "2026-02-02T00:00:00Z")
+    _write(tmp_path, "train-smoke-20260303T000000Z.json", [_train_record("650M-fast", 7.0)], "2026-03-03T00:00:00Z")
+    return tmp_path
+
+
+def test_measured_leaves_out_smoke_cpu_failed_and_skipped(gpu_dir):
+    df = results.measured("train", gpu_dir)
+    assert len(df) == 8 + 2  # the older run, and the newer one's two measured GPU records
+    assert set(df["file"]) == {"train-20260101T000000Z.json", "train-20260202T000000Z.json"}
+    assert "35M-fast" not in set(df["case"]) and "8M-fast" not in set(df["case"])
+    assert results.measured("train", gpu_dir / "missing").empty
+    assert results.measured("zero-shot", gpu_dir).empty
+
+
+def test_ablation_comes_from_one_run_with_ratios_inside_it(gpu_dir):
+    table = results.ablation_table(results.measured("train", gpu_dir))
+    assert table.attrs["file"] == "train-20260101T000000Z.json"  # the newer file holds only 2 of the 5
+    assert list(table.index) == ["hf-trainer", "fp32-padded", "bf16-padded", "bf16-packed", "fast"]
+    assert table.loc["fast", "× Trainer"] == pytest.approx(50.0 / 10.0)
+    assert table.loc["bf16-packed", "× previous"] == pytest.approx(25.0 / 20.0)
+    assert results.ablation_table(pd.DataFrame()).empty
+
+
+def test_methods_adapter_cost_and_family(gpu_dir):
+    df = results.measured("train", gpu_dir)
+    methods = results.methods_table(df)
+    assert list(methods.index) == ["lora", "head", "full"]
+    cost = results.adapter_cost(df)
+    assert cost["file"] == "train-20260101T000000Z.json" and cost["adapter_share"] == pytest.approx(1 - 0.6 / 1.0)
+    family = results.family_table(df)
+    assert list(family.index) == ["650M", "3B"] and family.loc["650M", "tokens_per_s"] == 500.0  # the newest
+    assert results.adapter_cost(pd.DataFrame()) is None and results.family_table(pd.DataFrame()).empty
+
+
+def test_scaling_and_figures(tmp_path):
+    dist = [{"case": "650M-ddp", "strategy": "ddp", "world_size": 2, "single_gpu_tokens_per_s": 100.0,
+             "tokens_per_s": 90.0, "scaling_efficiency": 0.9, "loss_curve": [1.0, 0.9], "loss_curve_single": [1.0, 0.9]}]
+    _write(tmp_path, "train-dist-20260101T000000Z.json", dist, "2026-01-01T00:00:00Z")
+    measured = results.measured("train-dist", tmp_path)
+    table = results.scaling_table(measured)
+    assert table.loc["650M-ddp", "scaling_efficiency"] == 0.9
+    assert results.measured("train", tmp_path).empty  # train-dist-* files are not train-<date> files
+    for fig in (results.plot_scaling(table, measured), results.plot_ablation(pd.DataFrame()),
+                results.plot_scaling(pd.DataFrame(), pd.DataFrame())):
+        assert fig.axes
+        plt.close(fig)
+
+
+def test_notebook_runs_newest_per_notebook(tmp_path):
+    run = {"notebook": "03_gpu_training", "runtime_s": 400.0, "training": [{"run": "ss-lora", "tokens_per_s": 9.0}]}
+    _write(tmp_path, "notebooks-20260101T000000Z.json", [run, {"notebook": "01_esm2_loading", "runtime_s": 80.0}],
+           "2026-01-01T00:00:00Z")
+    failed = {"notebook": "03_gpu_training", "runtime_s": 10.0, "error": "SafetensorError: No space left on device"}
+    _write(tmp_path, "notebooks-20260202T000000Z.json", [failed], "2026-02-02T00:00:00Z")
+    table = results.notebook_runs(tmp_path)
+    assert table.loc["03_gpu_training", "status"] == "failed" and table.loc["01_esm2_loading", "status"] == "ran"
+    assert results.training_runs(results.notebook_runs(tmp_path)).empty  # the failed run is the newest
+    (tmp_path / "notebooks-20260202T000000Z.json").unlink()
+    runs = results.training_runs(results.notebook_runs(tmp_path))
+    assert runs.to_dict("records") == [{"notebook": "03_gpu_training", "run": "ss-lora", "tokens_per_s": 9.0}]
+    assert results.notebook_runs(tmp_path / "missing").empty
+
+
+def test_find_results_dir_from_a_subfolder(tmp_path, monkeypatch):
+    (tmp_path / "book" / "results" / "gpu").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert results.find_results_dir() == tmp_path / "book" / "results" / "gpu"
+    assert results.find_results_dir(tmp_path) == tmp_path
