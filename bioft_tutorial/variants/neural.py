@@ -194,6 +194,7 @@ class TinyDNALM(TorchCausalLM):
         self.model.to(self.device).eval()
         self.name, self.max_length, self.batch_size = f"tiny-random-transformer-s{seed}", max_length, batch_size
         self.cache_key = f"{self.name}-d{d_model}-l{n_layers}-n{max_length}"
+        self.hidden_size, self.pad_id = d_model, 5  # 5 = padding (A, C, G, T, N are 0..4)
         self._table = torch.full((256,), 4, dtype=torch.long)
         for i, base in enumerate("ACGT"):
             self._table[ord(base)] = self._table[ord(base.lower())] = i
