@@ -106,3 +106,14 @@ def executed_notebooks(session) -> list[Path]:
 def nbval_executed(request) -> list[Path]:
     """The executed notebooks of this session (see :func:`executed_notebooks`)."""
     return executed_notebooks(request.session)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread: bitwise-repeatable math, tiny models run fastest, and no fight with other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

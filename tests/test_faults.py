@@ -44,13 +44,7 @@ STEPS, SAVE_EVERY = 14, 2
 KILL_SEED = int(os.environ.get("BIOFT_KILL_SEED", "2024"))  # another seed, other kill points
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bitwise-repeatable CPU math (and no fight with other processes for the two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise-repeatable CPU math
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,6 @@ def _trainable(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- masking, crops, batches ---------------------------------------------------------------------------------
 
 def test_unresolved_residues_and_special_tokens_get_no_label(tokenizer):
@@ -405,3 +397,43 @@ def test_prediction_halves_the_batch_on_out_of_memory(caplog):
         y, p, _ = predict.collect_predictions(model, examples, token_budget=8192)
     assert np.array_equal(y, y_ref) and np.array_equal(p, p_ref)
     assert any("sequences; retrying with" in r.message for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_three_compiled_models_in_one_process_stay_compiled(tmp_path, monkeypatch, ss_small):
+    """Head only, LoRA, then full fine-tuning, each compiled, in one process (as chapter 3 does): every layer call
+    of every model runs a compiled graph, and the second and third models add only their own few graphs (row
+    sizes x training/evaluation). With torch._dynamo's default limit of 8 graphs per function, set here, the
+    three models together need more than that: without compile_layers raising the limit this test fails."""
+    from collections import Counter
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # torch's default, whatever ran before
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # instead of silent eager
+    torch._dynamo.reset()
+    graphs, calls = [], Counter()
+
+    def counting_backend(gm, example_inputs):  # a backend that counts graphs and their runs
+        graphs.append(gm)
+
+        def run(*args):
+            calls["compiled"] += 1
+            return gm.forward(*args)
+        return run
+
+    new_graphs, per_call = [], []
+    for method in ("head", "lora", "full"):
+        model, before, forwards = _tiny(method), len(graphs), Counter()
+        model.register_forward_pre_hook(lambda *_: forwards.update(["model"]))
+        calls.clear()
+        config = train.TrainConfig(output_dir=str(tmp_path / method), max_steps=4, warmup_steps=0, token_budget=4096,
+                                   eval_every=2, save_every=None, batching="packed", compile=counting_backend,
+                                   progress=False, device="cpu")
+        train.train(model, *ss_small, config)
+        layers = models.tiny_esm2_config().num_hidden_layers
+        per_call.append(calls["compiled"] / (layers * forwards["model"]))  # graphs run per layer call
+        new_graphs.append(len(graphs) - before)
+    # every layer call of every model ran the same number of compiled pieces (the CPU's per-chain attention
+    # splits a layer into a few graphs); none ran eagerly
+    assert per_call[0] >= 1 and per_call == [per_call[0]] * 3, per_call
+    assert sum(new_graphs) > 8 and max(new_graphs[1:]) <= 16, new_graphs
+    torch._dynamo.reset()
