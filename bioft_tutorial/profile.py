@@ -48,6 +48,10 @@ class Profile:
     seed: int = 0
     trainer_max_steps: int = 40  # notebook 03: steps of the Hugging Face Trainer comparison
     ss_fast_path: bool = False  # notebook 03: packed rows + compiled layers for per-residue training (GPU)
+    evo2_finetune_model: str = "tiny"  # notebook 06: "tiny" (random tiny transformer) or an Evo 2 model_name
+    evo2_finetune_window: int = 128  # notebook 06: bases per window (embeddings and LoRA)
+    evo2_layer_step: int = 1  # notebook 06: the layer sweep probes every n-th block (and the last)
+    evo2_lora_steps: int = 40  # notebook 06: LoRA optimizer steps
 
     def as_dict(self) -> dict:
         """Plain dict, e.g. for a notebook's parameter table."""
@@ -114,6 +118,10 @@ _SMOKE = Profile(
     dna_window=8192,
     dna_batch_size=16,
     trainer_max_steps=40,
+    evo2_finetune_model="tiny",
+    evo2_finetune_window=128,
+    evo2_layer_step=1,
+    evo2_lora_steps=40,
 )
 
 _FULL = Profile(
@@ -137,6 +145,10 @@ _FULL = Profile(
     dna_batch_size=8,
     trainer_max_steps=500,
     ss_fast_path=True,
+    evo2_finetune_model="evo2_7b",
+    evo2_finetune_window=8192,
+    evo2_layer_step=4,
+    evo2_lora_steps=300,
 )
 
 
