@@ -437,3 +437,41 @@ def test_three_compiled_models_in_one_process_stay_compiled(tmp_path, monkeypatc
     assert per_call[0] >= 1 and per_call == [per_call[0]] * 3, per_call
     assert sum(new_graphs) > 8 and max(new_graphs[1:]) <= 16, new_graphs
     torch._dynamo.reset()
+
+
+# --- data that does not fit the model: our errors, before any work -----------------------------------------------
+def _seq_examples(labels):
+    return [{"input_ids": [0, 5 + i % 10, 6, 7, 2], "labels": y} for i, y in enumerate(labels)]
+
+
+@pytest.mark.parametrize("task,num_labels,examples,match", [
+    ("token", 3, _seq_examples([0.5, 1.5, 2.0]), "one label per sequence but EsmForTokenClassification"),
+    ("sequence", 1, [{"input_ids": [0, 5, 2], "labels": [-100, 1, -100]}] * 3, "one label per token but"),
+    ("sequence", 1, _seq_examples([0, 1, 1]), r"integer labels \(e.g. 0\).*num_labels=1"),
+    ("sequence", 3, _seq_examples([0.5, 1.5, 2.0]), "float targets .* num_labels=3"),
+    ("token", 3, [{"input_ids": [0, 5, 2], "labels": [-100, 7, -100]}] * 3, r"labels \(e.g. 7\).*num_labels=3"),
+    ("token", 3, [], "train_data is empty"),
+    ("token", 3, [{"input_ids": [0, 5, 6, 2], "labels": [-100, 1, -100]}], r"train_data\[0\]: 3 labels for 4 tokens"),
+])
+def test_data_that_does_not_fit_the_model_gets_our_error(task, num_labels, examples, match, tmp_path):
+    model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), task, num_labels), "full")
+    with pytest.raises(ValueError, match=match):
+        train.train(model, examples, None, train.TrainConfig(output_dir=str(tmp_path), max_steps=2, warmup_steps=0,
+                                                             progress=False))
+
+
+def test_a_nan_evaluation_never_becomes_the_best(tmp_path, caplog):
+    """Constant validation targets: Spearman is undefined. The run warns up front and at each evaluation, keeps
+    no 'best' weights, and does not restore the weights of an early step at the end."""
+    model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "sequence", 1, seed=0), "full")
+    train_set = _seq_examples(np.linspace(-1, 1, 12).tolist())
+    constant = _seq_examples([0.25] * 4)
+    config = train.TrainConfig(output_dir=str(tmp_path), max_steps=4, warmup_steps=0, eval_every=2, save_every=None,
+                               learning_rate=1e-2, progress=False)
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.train"):
+        result = train.train(model, train_set, constant, config)
+    assert "constant targets" in caplog.text and "not kept as the best" in caplog.text
+    assert result.best_step is None and result.best_metric is None
+    assert result.history.loc[[1, 3], "eval_spearman"].isna().all()  # evaluated at steps 2 and 4, both NaN
+    final = _trainable(model)
+    assert not (tmp_path / "best").exists() and final  # nothing restored, nothing written

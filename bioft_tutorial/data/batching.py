@@ -132,10 +132,10 @@ class Examples:
             return
         self.data, self.name = data, name
         columns = data.column_names if hasattr(data, "column_names") else (list(data[0]) if len(data) else [])
-        if "input_ids" not in columns:
+        if "input_ids" not in columns and len(data):
             raise ValueError(f"{name}: no 'input_ids' (columns: {columns}); tokenize the sequences first, e.g. with "
                              "data.secondary_structure_examples or data.sequence_regression_examples")
-        ids = data["input_ids"] if hasattr(data, "column_names") else [e["input_ids"] for e in data]
+        ids = (data["input_ids"] if hasattr(data, "column_names") else [e["input_ids"] for e in data]) if len(data) else []
         self.lengths = np.array([len(x) for x in ids], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self._tokens = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if len(ids) else np.zeros(0, int)
