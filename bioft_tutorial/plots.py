@@ -150,3 +150,52 @@ def roc_curves(labels, scores: dict, *, ax=None, title: str = ""):
     # below the axes: a curve can pass anywhere inside them
     ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     return ax.figure
+
+
+def interval_plot(intervals: dict, *, ax=None, xlabel: str = "", title: str = "", reference: float | None = None):
+    """One row per entry: the estimate as a dot and its confidence interval as a bar (a forest plot).
+
+    Args:
+        intervals: ``{label: interval}``, each with ``estimate``, ``low`` and ``high`` attributes (e.g.
+            :class:`bioft_tutorial.intervals.Interval`); drawn top to bottom in the mapping's order.
+        reference: draw a dashed vertical line here (0 for differences, 0.5 for AUROC).
+
+    Returns:
+        The figure (a new one unless ``ax`` is given).
+    """
+    names = list(intervals)
+    if ax is None:
+        fig, ax = new_figure(5.5, 0.45 * len(names) + 1.2)
+    y = np.arange(len(names))[::-1]
+    estimate, low, high = (np.array([getattr(intervals[n], key) for n in names], dtype=float)
+                           for key in ("estimate", "low", "high"))
+    ax.errorbar(estimate, y, xerr=[estimate - low, high - estimate], fmt="o", color="#1f77b4", ecolor="#1f77b4",
+                capsize=3, lw=1.5)
+    if reference is not None:
+        ax.axvline(reference, color="grey", ls="--", lw=0.8)
+    ax.set(yticks=y, yticklabels=names, xlabel=xlabel, title=title, ylim=(-0.7, len(names) - 0.3))
+    return ax.figure
+
+
+def identity_histogram(identities, *, bins=np.linspace(0, 1, 41), ax=None, title: str = "",
+                       xlabel: str = "highest identity to a training chain", marks: dict[str, float] | None = None):
+    """Histogram of sequence identities (0 to 1), e.g. each test chain's nearest training chain.
+
+    Args:
+        identities: one identity per chain (NaN dropped).
+        marks: ``{label: identity}`` drawn as dashed vertical lines (e.g. a split's stated cut-off).
+
+    Returns:
+        The figure (a new one unless ``ax`` is given).
+    """
+    values = np.asarray(identities, dtype=float)
+    values = values[np.isfinite(values)]
+    if ax is None:
+        fig, ax = new_figure(5.5, 3.6)
+    ax.hist(values, bins=bins, color="#1f77b4", edgecolor="white")
+    for i, (label, x) in enumerate((marks or {}).items()):
+        ax.axvline(x, color=f"C{i + 1}", ls="--", lw=1, label=label)
+    if marks:
+        ax.legend(frameon=False, fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=f"chains (of {values.size:,})", xlim=(bins[0], bins[-1]), title=title)
+    return ax.figure
