@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -150,7 +149,8 @@ def steady_steps(history: pd.DataFrame, warmup: int) -> dict:
     """Throughput of a training run over its steps after ``warmup`` (from a ``TrainResult.history``).
 
     Returns:
-        ``tokens_per_s`` (real tokens over seconds of the steady steps), ``step_s`` (their median),
+        ``tokens_per_s`` (real tokens over seconds of the steady steps), ``tokens_per_s_median`` (median of
+        the steps' own rates, as chapter runs are summarised), ``step_s`` (median step),
         ``step_times_ms`` (each), ``tokens_per_step`` (mean real tokens), ``padding_fraction`` (share of
         computed tokens that were padding; ``None`` without a ``computed_tokens`` column), ``first_step_s``,
         ``loss_first`` and ``loss_last`` (nats per labelled token; ``None`` without a ``loss`` column).
@@ -163,6 +163,7 @@ def steady_steps(history: pd.DataFrame, warmup: int) -> dict:
         padding = round(1 - float(steady["tokens"].sum()) / float(steady["computed_tokens"].sum()), 4)
     loss = history["loss"].dropna() if "loss" in history else pd.Series(dtype=float)
     return {"tokens_per_s": round(float(steady["tokens"].sum() / steady_s.sum()), 1),
+            "tokens_per_s_median": round(float((steady["tokens"] / steady_s).median()), 1),
             "step_s": round(float(steady_s.median()), 5), "step_times_ms": [round(1000 * s, 1) for s in steady_s],
             "tokens_per_step": round(float(steady["tokens"].mean()), 1), "padding_fraction": padding,
             "first_step_s": round(float(seconds.iloc[0]), 3),
@@ -177,7 +178,3 @@ def peak_tflops(gpu: str) -> float | None:
             return PEAK_BF16_TFLOPS[key]
     return None
 
-
-def median(values) -> float:
-    """Median of a non-empty sequence of numbers, as a float."""
-    return float(np.median(np.asarray(values, dtype=float)))

@@ -205,8 +205,9 @@ def plot_scaling(table: pd.DataFrame, dist: pd.DataFrame):
            ylabel="real tokens/s per GPU")
     ax.legend(frameon=False, fontsize=8)
     for case, r in dist.drop_duplicates(["case", "world_size"], keep="last").set_index("case").iterrows():
-        line, = ax_loss.plot(r["loss_curve_single"], "o-", label=f"{case}: 1 GPU")
-        ax_loss.plot(r["loss_curve"], "x--", color=line.get_color(), label=f"{case}: {r['world_size']} GPUs")
-    ax_loss.set(xlabel="optimizer step (same global batches)", ylabel="loss (nats per token)")
+        steps = np.arange(1, len(r["loss_curve"]) + 1)
+        line, = ax_loss.plot(steps, r["loss_curve_single"], "o-", label=f"{case}: 1 GPU")
+        ax_loss.plot(steps, r["loss_curve"], "x--", color=line.get_color(), label=f"{case}: {r['world_size']} GPUs")
+    ax_loss.set(xlabel="optimizer step (same global batches)", ylabel="loss (nats per token)", xticks=steps)
     ax_loss.legend(frameon=False, fontsize=7)
     return fig
