@@ -3,7 +3,7 @@
 Each ``notebooks/NN_*.ipynb`` runs with papermill (``BIOFT_PROFILE=full``, kernel in ``notebooks/``) with
 random-weight models of the real shapes, since the GPU machine has no model hub: a local ESM-2 650M folder
 written first (``random_esm2(esm2_config("650M"), task="mlm")`` plus the tokenizer) is passed as
-``model_name`` to the ESM-2 chapters, and ``evo2_7b:random`` to the Evo 2 chapters. Step counts are shortened
+``model_name`` to the ESM-2 chapters, and ``<checkpoint>:random`` (e.g. ``evo2_7b:random``) to the Evo 2 ones. Step counts are shortened
 by the papermill parameters in :data:`SHORTENED`; a chapter's ``output_root`` and ``cache_dir`` point into
 a folder of its own, so that its disk use can be measured.
 
@@ -33,14 +33,15 @@ from pathlib import Path
 import nbformat
 
 from benchmarks.harness import ResultsFile
+from bioft_tutorial.profile import get_profile
 
 COMMAND = "notebooks"
 ROOT = Path(__file__).resolve().parents[1]
-EVO2_RANDOM = "evo2_7b:random"
 #: Papermill parameters per chapter that shorten the full profile ("{out}": the chapter's own folder).
 SHORTENED: dict[str, dict] = {
     "03_gpu_training": {"max_steps": 120, "dms_max_steps": 60, "trainer_max_steps": 30, "eval_every": 60},
     "04_evo2_variant_scoring": {"max_variants": 200},
+    "06_evo2_finetuning": {"max_variants": 200, "lora_steps": 40},
 }
 #: The notebooks ``--smoke`` runs (CPU, smoke profile).
 SMOKE_NOTEBOOKS = ("00_environment",)
@@ -65,21 +66,33 @@ def parameter_defaults(path: Path) -> dict[str, str]:
     cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
     if cell is None:
         return {}
-    tree = ast.parse(cell.source)
-    return {t.id: ast.get_source_segment(cell.source, node.value) for node in tree.body
-            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    defaults = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            names, values = node.targets[0], node.value
+            pairs = zip(names.elts, values.elts) if isinstance(names, ast.Tuple) and isinstance(values, ast.Tuple) \
+                else [(names, values)]  # `a, b = x, y` or `a = x`
+            defaults |= {t.id: ast.get_source_segment(cell.source, v) for t, v in pairs if isinstance(t, ast.Name)}
+    return defaults
 
 
 def parameters_for(path: Path, esm_folder: str, out: Path) -> dict:
-    """Papermill parameters of one notebook: the random-weight models, its own folder, shortened steps."""
+    """Papermill parameters of one notebook: the random-weight models, its own folder, shortened steps.
+
+    ``model_name`` follows the full profile's default of the notebook: an Evo 2 checkpoint ``<name>`` becomes
+    ``<name>:random``, an ESM-2 hub id the random-weight 650M folder.
+    """
     defaults, params = parameter_defaults(path), {}
-    model = defaults.get("model_name", "")
-    if "evo2" in model:
-        params["model_name"] = EVO2_RANDOM
+    expression = defaults.get("model_name", "")
+    field = expression.split(".", 1)[1] if expression.startswith(("profile.", "P.")) else None
+    model = str(getattr(get_profile("full"), field, "")) if field else expression
+    if model.startswith("evo2"):
+        params["model_name"] = f"{model}:random"
     elif "esm" in model:
         params["model_name"] = esm_folder
-    if "output_root" in defaults:
-        params["output_root"] = str(out)
+    for name in ("output_root", "output_dir"):
+        if name in defaults:
+            params[name] = str(out)
     if "cache_dir" in defaults:
         params["cache_dir"] = str(out / "cache")
     return params | SHORTENED.get(path.stem, {})
@@ -216,7 +229,7 @@ def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path,
               "peak_gpu_mem_gib": gib(monitor.gpu_peak), "gpu_mem_before_gib": gib(monitor.gpu_before),
               "disk_written_gib": gib((disk_sectors_written()[0] - sectors) * 512), "disk": disk,
               "output_peak_gib": gib(max(monitor.folder_peak, folder_bytes(out))), "training": training_runs(out),
-              "executed": os.path.relpath(executed_dir / path.name, ROOT), "smoke": args.smoke,
+              "executed": path.name, "smoke": args.smoke,
               "profile": "smoke" if args.smoke else "full"}
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)

@@ -151,6 +151,17 @@ def test_notebook_parameters_point_at_random_models_and_own_folders(tmp_path):
     assert nb_bench.parameters_for(nb_bench.ROOT / "notebooks" / "00_environment.ipynb", "/m", tmp_path) == {}
 
 
+def test_parameter_defaults_read_tuple_assignments(tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell('model_name, device = profile.esm_model, "cuda"  # two at once\nsteps = 3',
+                                     metadata={"tags": ["parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "07_x.ipynb")
+    defaults = nb_bench.parameter_defaults(tmp_path / "07_x.ipynb")
+    assert defaults == {"model_name": "profile.esm_model", "device": '"cuda"', "steps": "3"}
+    assert nb_bench.parameters_for(tmp_path / "07_x.ipynb", "/m/esm", tmp_path) == {"model_name": "/m/esm"}
+
+
 def test_training_runs_read_from_histories(tmp_path):
     speeds = [1.0, 2.0, 3.0] + [100.0, 300.0, 200.0] * 3  # 3 warm-up steps, then 9 steady ones
     run = tmp_path / "ss-lora"
