@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -196,13 +197,18 @@ def execute(path: Path, params: dict, executed: Path, timeout: float, smoke: boo
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "papermill", str(path), str(executed), "--cwd", str(path.parent),
            "--no-progress-bar", "-y", json.dumps(params)]
+    # its own process group, so that a stop also ends the kernel papermill started
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
         return f"stopped after {timeout:.0f} s (the --budget-s of this run)"
-    if done.returncode == 0:
+    if job.returncode == 0:
         return None
-    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stderr + done.stdout)  # no terminal colours
+    text = re.sub(r"\x1b\[[0-9;]*m", "", stderr + stdout)  # no terminal colours
     return "\n".join(text.strip().splitlines()[-25:])
 
 

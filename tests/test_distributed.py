@@ -1,11 +1,11 @@
-"""torchrun helpers: 2 CPU processes (gloo) train exactly like 1 process on the same global batch."""
+"""torchrun helpers: the token loss over a global batch, row splitting, topology, process-group set-up.
+
+That 2 CPU processes (gloo) train exactly like 1 process on the same global batch is checked by the train-dist
+benchmark's smoke run (tests/test_benchmarks.py) and by tests/test_train.py.
+"""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from bioft_tutorial import distributed
 from bioft_tutorial.distributed import DistInfo
 
-ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGY = """\
 \tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID
 GPU0\t X \tNV18\t0-51\t0\t\tN/A
@@ -25,31 +24,7 @@ Legend:
 """
 
 
-def _torchrun(nproc: int, out: Path, *extra: str) -> list[dict]:
-    """Run the train-dist smoke bench under torchrun with ``nproc`` CPU processes; return its records."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bioft_tutorial.bench", "train-dist", "--smoke", "--out", str(out), *extra]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (path,) = out.glob("train-dist-smoke-*.json")
-    return json.loads(path.read_text())["results"]
 
-
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
-    """DDP (650M case) and FSDP2 (3B case), tiny model in fp32: same loss curve as 1 process, global batch 2 rows."""
-    two = _torchrun(2, tmp_path / "two")
-    one = _torchrun(1, tmp_path / "one", "--global-rows", "2")
-    assert [r["strategy"] for r in two] == ["ddp", "fsdp2"]
-    for r2, r1 in zip(two, one):
-        assert "error" not in r2 and "error" not in r1, (r2.get("error"), r1.get("error"))
-        assert r2["world_size"] == 2 and r1["world_size"] == 1 and r2["global_rows"] == r1["global_rows"] == 2
-        assert len(r2["loss_curve"]) == 3
-        assert r2["loss_curve"] == pytest.approx(r1["loss_curve"], abs=1e-5)
-        assert r2["loss_curve"] == pytest.approx(r2["loss_curve_single"], abs=1e-5)  # rank 0 alone, same job
-        assert r2["loss_curve"][0] != r2["loss_curve"][-1]  # the weights did change
-        assert r2["tokens_per_s"] > 0 and r2["single_gpu_tokens_per_s"] > 0
 
 
 def test_token_loss_makes_the_average_a_global_mean():

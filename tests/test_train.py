@@ -281,15 +281,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, one_thread, ss_small):
             assert torch.allclose(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-7), name
 
 
-def test_loop_vs_trainer_bench_smoke(tmp_path):
-    from bioft_tutorial.bench import loop_bench
-
-    records = loop_bench.main(["--smoke", "--out", str(tmp_path)])
-    assert [r["case"] for r in records] == ["package loop", "hf-trainer"]
-    assert all("error" not in r and r["tokens_per_s"] > 0 and 0 <= r["pad_fraction"] < 1 for r in records)
-    assert records[0]["baseline_tokens_per_s"] == records[1]["tokens_per_s"]
-    saved = json.loads(next(tmp_path.glob("loop-vs-trainer-*.json")).read_text())
-    assert saved["command"] == "loop-vs-trainer" and saved["results"][0]["gpu"] == "cpu"
 
 
 _DDP_RUN = """

@@ -1,4 +1,4 @@
-"""bioft_tutorial.variants: genome access, windows, readers, validation, LMs, cached scoring, the evo2 bench.
+"""bioft_tutorial.variants: genome access, windows, readers, validation, LMs, cached scoring.
 
 Numbers are checked against independent computations written here (slicing, dict counting, a direct forward
 pass with a hand-written log-softmax), never against the package's own earlier output.
@@ -471,7 +471,7 @@ def test_window_longer_than_the_model_is_refused(toy):
         score_variants(TinyDNALM(max_length=64), toy[0], toy[1], window=128, progress=False)
 
 
-# ---------------------------------------------------------------------------------- end to end, bench
+# ---------------------------------------------------------------------------------- end to end
 def test_vcf_plus_fasta_end_to_end(tmp_path, findlay):
     region = Genome(FASTA).fetch("17", 41_250_000, 41_290_000)
     fasta = tmp_path / "chr17_slice.fa"
@@ -485,22 +485,6 @@ def test_vcf_plus_fasta_end_to_end(tmp_path, findlay):
     assert (tmp_path / "chr17_slice.fa.fai").exists()
 
 
-def test_evo2_bench_smoke(tmp_path):
-    from bioft_tutorial.bench import COMMANDS, evo2_bench
-
-    assert COMMANDS["evo2"] == "bioft_tutorial.bench.evo2_bench:main"
-    records = evo2_bench.main(["--smoke", "--out", str(tmp_path)])
-    (path,) = tmp_path.glob("evo2-smoke-*.json")
-    stored = json.loads(path.read_text())["results"]
-    assert len(stored) == len(records) == 5
-    for r in stored:
-        assert "error" not in r, r
-        assert {"gpu", "model", "path", "seq_per_s", "window", "batch", "baseline_seq_per_s"} <= set(r)
-        assert r["smoke"] is True and r["seq_per_s"] > 0
-    package = [r for r in stored if r["case"].startswith("package")]
-    assert all(r["extrapolated"] and r["brca1_minutes_extrapolated"] > 0 for r in package)
-    assert package[0]["delta_ll_max_abs_diff_full_vs_shared"] < 1e-4  # float32 on the CPU: the same numbers
-    assert evo2_bench.stored_results(tmp_path) == []  # smoke records are never shown as GPU results
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vortex runs on CUDA only")

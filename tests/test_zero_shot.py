@@ -1,8 +1,6 @@
 """Zero-shot scoring, checked against computations written out by hand (tiny model, CPU)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -215,29 +213,3 @@ def test_scoring_errors(mlm):
 def test_single_mutants_lists_all_19_per_position():
     mutants = zero_shot.single_mutants("MK")
     assert len(mutants) == 38 and mutants[0] == "M1A" and "M1M" not in mutants and mutants[-1] == "K2Y"
-
-
-# --- benchmark ---------------------------------------------------------------------------------------
-def test_bench_smoke_writes_results(tmp_path):
-    from bioft_tutorial.bench import zero_shot_bench
-
-    records = zero_shot_bench.main(["--smoke", "--out", str(tmp_path)])
-    files = list(tmp_path.glob("zero-shot-*.json"))
-    assert len(files) == 1
-    stored = json.loads(files[0].read_text())["results"]
-    assert {r["case"] for r in stored} == {r["case"] for r in records} >= {"wt-marginal", "masked-marginal"}
-    for r in stored:
-        assert "error" not in r, r
-        assert r["seconds_median"] > 0 and r["gpu"] == "cpu"
-
-
-def test_stored_results_skip_smoke_and_failed_records(tmp_path):
-    from bioft_tutorial.bench import results, zero_shot_bench
-
-    results.write_results("zero-shot", [
-        {"case": "wt-marginal", "seconds_median": 0.1, "smoke": False, "gpu": "test GPU"},
-        {"case": "masked-marginal", "error": "RuntimeError: out of memory", "smoke": False, "gpu": "test GPU"},
-        {"case": "wt-marginal", "seconds_median": 0.2, "smoke": True},
-    ], tmp_path)
-    assert [r["case"] for r in zero_shot_bench.stored_results(tmp_path)] == ["wt-marginal"]
-    assert zero_shot_bench.stored_results(tmp_path / "missing") == []

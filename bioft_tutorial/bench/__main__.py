@@ -1,3 +1,0 @@
-from bioft_tutorial.bench import main
-
-raise SystemExit(main())
