@@ -61,7 +61,11 @@ class Interval:
         return bool(self.low > 0 or self.high < 0)
 
     def __str__(self) -> str:
-        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return f"{self.estimate:.3f} {self.bounds()}"
+
+    def bounds(self, digits: int = 3) -> str:
+        """The interval as text, e.g. ``"[0.412, 0.468]"``."""
+        return f"[{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,8 +81,7 @@ def auroc_interval(labels, scores, *, groups=None, unit: str | None = None, leve
         groups: (N,) the resampling unit of each item (default: each item is its own unit).
         unit: name of the unit for the report (default ``"item"`` or ``"group"``).
     """
-    y, s = metrics.check_binary(labels, scores)
-    return _single("auroc", metrics.auroc(y, s), _auroc_statistic, (y, s), groups, unit, level, n_resamples, seed)
+    return _run("auroc", labels, [scores], groups, unit, level, n_resamples, seed)
 
 
 def spearman_interval(measured, predicted, *, groups=None, unit: str | None = None, level: float = 0.95,
@@ -88,9 +91,7 @@ def spearman_interval(measured, predicted, *, groups=None, unit: str | None = No
     For a split by position pass ``groups=positions`` (``unit="position"``): a resample draws positions and
     takes every variant at each drawn position (ties in a resample get average ranks, as in scipy).
     """
-    x, y = metrics.check_paired(measured, predicted, ("measured", "predicted"))
-    estimate = metrics.spearman(x, y)
-    return _single("spearman", estimate, _spearman_statistic, (x, y), groups, unit, level, n_resamples, seed)
+    return _run("spearman", measured, [predicted], groups, unit, level, n_resamples, seed)
 
 
 def q3_interval(labels, preds, groups, *, unit: str = "chain", level: float = 0.95, n_resamples: int = 10_000,
@@ -102,8 +103,7 @@ def q3_interval(labels, preds, groups, *, unit: str = "chain", level: float = 0.
         groups: (N,) the chain of each residue. A resampled chain brings all its residues: Q3 of a resample is
             its correct residues over its labelled residues.
     """
-    y, p, g = _labelled(labels, preds, groups)
-    return _single("q3", metrics.q3_accuracy(y, p), _q3_statistic, (y, p), g, unit, level, n_resamples, seed)
+    return _run("q3", labels, [preds], groups, unit, level, n_resamples, seed)
 
 
 def difference_interval(metric: str, truth, predicted_a, predicted_b, *, groups=None, unit: str | None = None,
@@ -120,22 +120,7 @@ def difference_interval(metric: str, truth, predicted_a, predicted_b, *, groups=
     """
     if metric not in _BUILDERS:
         raise ValueError(f"metric={metric!r}; use one of {sorted(_BUILDERS)}")
-    if metric == "q3":
-        if groups is None:
-            raise ValueError("metric='q3' needs groups= (the chain of each residue): chains are the unit to resample")
-        y, a, g = _labelled(truth, predicted_a, groups)
-        b = _labelled(truth, predicted_b, groups)[1]
-        unit = unit or "chain"
-    else:
-        y, a = _BUILDERS[metric][0](truth, predicted_a)
-        b = _BUILDERS[metric][0](truth, predicted_b)[1]
-        g = groups
-    point = _BUILDERS[metric][1]
-    index, n_units, unit = _units(g, y.size, unit)
-    stat_a, stat_b = (_BUILDERS[metric][2](y, pred, index, n_units) for pred in (a, b))
-    width = n_units if metric == "q3" else y.size  # Q3 works on per-chain sums, the others on every item
-    values = _resampled(lambda c: stat_a(c) - stat_b(c), n_units, width, n_resamples, seed)
-    return _summarise(f"{metric} difference", point(y, a) - point(y, b), values, level, unit, n_units)
+    return _run(metric, truth, [predicted_a, predicted_b], groups, unit, level, n_resamples, seed)
 
 
 def resample_counts(n_units: int, n_resamples: int, seed: int, width: int = 0) -> Iterator[np.ndarray]:
@@ -151,11 +136,23 @@ def resample_counts(n_units: int, n_resamples: int, seed: int, width: int = 0) -
         yield np.bincount(draws.ravel(), minlength=r * n_units).reshape(r, n_units)
 
 
-def _single(metric, estimate, builder, arrays, groups, unit, level, n_resamples, seed) -> Interval:
-    index, n_units, unit = _units(groups, arrays[0].size, unit)
-    width = n_units if metric == "q3" else arrays[0].size
-    values = _resampled(builder(*arrays, index, n_units), n_units, width, n_resamples, seed)
-    return _summarise(metric, estimate, values, level, unit, n_units)
+def _run(metric, truth, predictions, groups, unit, level, n_resamples, seed) -> Interval:
+    """The interval of ``metric`` for one method, or of the difference of two methods on the same resamples."""
+    check, point, builder = _BUILDERS[metric]
+    if metric == "q3" and groups is None:
+        raise ValueError("metric='q3' needs groups= (the chain of each residue): chains are the unit to resample")
+    checked = [check(truth, p, groups) for p in predictions]
+    y, groups = checked[0][0], checked[0][2]
+    index, n_units, unit = _units(groups, y.size, unit or ("chain" if metric == "q3" else None))
+    statistics = [builder(y, p, index, n_units) for _, p, _ in checked]
+    estimates = [point(y, p) for _, p, _ in checked]
+    if len(predictions) == 2:
+        first, second = statistics
+        statistics, estimates = [lambda c: first(c) - second(c)], [estimates[0] - estimates[1]]
+        metric = f"{metric} difference"
+    width = n_units if metric.startswith("q3") else y.size  # Q3 works on per-chain sums, the others per item
+    values = _resampled(statistics[0], n_units, width, n_resamples, seed)
+    return _summarise(metric, estimates[0], values, level, unit, n_units)
 
 
 def _resampled(statistic: Statistic, n_units: int, width: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -287,9 +284,9 @@ def _q3_statistic(labels: np.ndarray, preds: np.ndarray, index: np.ndarray, n_un
     return lambda counts: (counts @ correct) / (counts @ residues)
 
 
-_BUILDERS = {  # metric: (input check, point estimate, statistic builder)
-    "auroc": (metrics.check_binary, metrics.auroc, _auroc_statistic),
-    "spearman": (lambda t, p: metrics.check_paired(t, p, ("measured", "predicted")), metrics.spearman,
+_BUILDERS = {  # metric: (input check -> (truth, predicted, groups), point estimate, statistic builder)
+    "auroc": (lambda y, s, g: (*metrics.check_binary(y, s), g), metrics.auroc, _auroc_statistic),
+    "spearman": (lambda y, p, g: (*metrics.check_paired(y, p, ("measured", "predicted")), g), metrics.spearman,
                  _spearman_statistic),
-    "q3": (None, metrics.q3_accuracy, _q3_statistic),
+    "q3": (_labelled, metrics.q3_accuracy, _q3_statistic),
 }

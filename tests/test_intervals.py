@@ -137,7 +137,7 @@ def test_ten_thousand_resamples_of_four_thousand_variants_are_fast():
 
 def test_interval_record():
     ci = intervals.Interval("auroc difference", 0.05, 0.01, 0.09, 0.95, 1000, "variant", 300)
-    assert str(ci) == "0.050 [0.010, 0.090]" and ci.excludes_zero
+    assert str(ci) == "0.050 [0.010, 0.090]" and ci.excludes_zero and ci.bounds(2) == "[0.01, 0.09]"
     assert not intervals.Interval("q3", 0.0, -0.01, 0.02, 0.95, 1000, "chain", 9).excludes_zero
     assert ci.as_dict()["unit"] == "variant"
     with pytest.raises(AttributeError):
