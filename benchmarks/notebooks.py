@@ -50,7 +50,8 @@ SMOKE_NOTEBOOKS = ("00_environment",)
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"python -m benchmarks {COMMAND}", description=__doc__.split("\n")[0])
-    p.add_argument("--notebooks", default="*", help="comma-separated names or globs of notebooks/*.ipynb stems")
+    p.add_argument("--notebooks", default="*", help="comma-separated names, prefixes (03) or globs of notebooks/*.ipynb "
+                                                    "stems, run in that order (default: all, in file-name order)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="stop starting notebooks after this, seconds; "
                                                                   "a running one is stopped at the end of it")
     p.add_argument("--work-dir", default="_build/gpu-notebooks", help="models and the chapters' output folders")
@@ -243,10 +244,11 @@ def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path,
 
 
 def select(patterns: str, smoke: bool) -> list[Path]:
-    """The notebooks to run, in file-name order."""
+    """The notebooks to run: those matching the comma-separated names, prefixes or globs, in that order."""
     stems = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     globs = list(SMOKE_NOTEBOOKS) if smoke and patterns == "*" else [g.strip() for g in patterns.split(",")]
-    chosen = [s for s in stems if any(fnmatch.fnmatch(s, g) or s.startswith(g) for g in globs)]
+    matches = [s for g in globs for s in stems if fnmatch.fnmatch(s, g) or s.startswith(g)]
+    chosen = list(dict.fromkeys(matches))  # in the order asked for (the first ones first, if time runs out)
     if not chosen:
         raise SystemExit(f"{COMMAND}: no notebook matches {patterns!r}; notebooks: {', '.join(stems)}")
     return [ROOT / "notebooks" / f"{s}.ipynb" for s in chosen]

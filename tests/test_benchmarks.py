@@ -162,6 +162,14 @@ def test_parameter_defaults_read_tuple_assignments(tmp_path):
     assert nb_bench.parameters_for(tmp_path / "07_x.ipynb", "/m/esm", tmp_path) == {"model_name": "/m/esm"}
 
 
+def test_notebooks_are_chosen_in_the_order_asked():
+    names = [p.stem for p in nb_bench.select("03,00_env*,01", smoke=False)]
+    assert names == ["03_gpu_training", "00_environment", "01_esm2_loading"]
+    assert [p.stem for p in nb_bench.select("*", smoke=True)] == list(nb_bench.SMOKE_NOTEBOOKS)
+    with pytest.raises(SystemExit, match="no notebook matches"):
+        nb_bench.select("99", smoke=False)
+
+
 def test_training_runs_read_from_histories(tmp_path):
     speeds = [1.0, 2.0, 3.0] + [100.0, 300.0, 200.0] * 3  # 3 warm-up steps, then 9 steady ones
     run = tmp_path / "ss-lora"
