@@ -16,7 +16,7 @@ from .batching import IGNORE_INDEX, MAX_RESIDUES, Examples, collate_padded, padd
 from .examples import (crop_windows, dms_split, encode_protein, secondary_structure_examples,
                        sequence_regression_examples)
 from .files import (DataError, asset_path, atomic_write_bytes, default_cache_dir, fetch_file, parse_fasta,
-                    read_fasta, read_fasta_headers, sha256_file, write_fasta)
+                    read_fasta, read_fasta_headers, read_table, sha256_file, write_fasta)
 from .mutants import (AMINO_ACIDS, WILD_TYPE_NAMES, Substitution, apply_mutant, is_wild_type,
                       mutants_from_sequences, parse_mutant, single_mutants)
 from .sets import (BLAT_N_MUTANTS, FLIP_SS_COUNTS, SS_LABELS, blat_wild_type, load_blat_dms,
@@ -54,6 +54,7 @@ __all__ = [
     "read_fasta",
     "read_fasta_headers",
     "read_flip_fasta",
+    "read_table",
     "secondary_structure_examples",
     "sequence_regression_examples",
     "sha256_file",

@@ -66,17 +66,20 @@ def encode_protein(sequence: str, vocab: dict[str, int], source: str = "sequence
 
 
 def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int = MAX_RESIDUES,
-                                 overlap: int = 256, as_dataset: bool = True):
+                                 overlap: int = 256, as_dataset: bool = True, classes: str = SS_LABELS):
     """Token-classification examples for ESM-2 from :func:`load_flip_secondary_structure` rows.
 
     Each chain becomes one example, or several for chains longer than ``max_residues`` (see
-    :func:`crop_windows`). ``labels`` hold class ids ``0/1/2`` for ``H/E/C`` at resolved residues the
+    :func:`crop_windows`). ``labels`` hold class ids ``0/1/2`` for ``H/E/C`` (or the index of each letter in
+    ``classes``, for another per-residue task) at resolved residues the
     crop owns, and ``-100`` at ``<cls>``, ``<eos>``, unresolved residues (mask ``0``) and residues owned
     by a neighbouring crop.
 
     Args:
-        df: rows with ``id``, ``sequence``, ``labels`` (``H/E/C``) and ``mask`` (``0/1``).
+        df: rows with ``id``, ``sequence``, ``labels`` (one letter of ``classes`` per residue) and ``mask``
+            (``0/1``).
         tokenizer: an ESM-2 tokenizer (``get_vocab()``, ``cls_token_id``, ``eos_token_id``).
+        classes: the label letters, in class-id order (``"HEC"``: helix 0, strand 1, coil 2).
 
     Returns:
         ``datasets.Dataset`` (or, with ``as_dataset=False``, a list of dicts) with ``id``, ``crop_start``
@@ -86,8 +89,9 @@ def secondary_structure_examples(df: pd.DataFrame, tokenizer, max_residues: int 
     if missing:
         raise DataError(f"secondary-structure table: missing column(s) {sorted(missing)}; found {list(df.columns)}. "
                         "Give every chain an id, its sequence, one H/E/C label and one 0/1 mask value per residue")
-    validate_token_labels(df, source="secondary-structure table")  # a short label string would shift every label
-    vocab, class_id = tokenizer.get_vocab(), {c: i for i, c in enumerate(SS_LABELS)}
+    # a short label string would shift every label
+    validate_token_labels(df, source=df.attrs.get("source", "secondary-structure table"), alphabet=classes)
+    vocab, class_id = tokenizer.get_vocab(), {c: i for i, c in enumerate(classes)}
     rows: dict[str, list] = {"id": [], "crop_start": [], "input_ids": [], "labels": []}
     for row in df.itertuples(index=False):
         ids = encode_protein(row.sequence, vocab, source=f"chain {row.id!r}")
@@ -109,10 +113,13 @@ def _row_name(df: pd.DataFrame, i: int) -> str:
     """``"<source>, row <n>"`` for the ``i``-th row (0-based) of ``df``, as the user counts it.
 
     The source is ``df.attrs["source"]`` (a file name; ``"table"`` if unset). The row is the index label when
-    the index names file rows (``"row"`` or ``"line"``, as the package's readers set it), else ``i + 1``.
+    the index names file rows (``"row"`` or ``"line"``, as the package's readers set it) or ids (``"id"``),
+    else ``i + 1``.
     """
-    label = df.index[i] if df.index.name in ("row", "line") else i + 1
-    return f"{df.attrs.get('source', 'table')}, {df.index.name or 'row'} {label}"
+    source, name = df.attrs.get("source", "table"), df.index.name
+    if name in ("row", "line"):
+        return f"{source}, {name} {df.index[i]}"
+    return f"{source}, id {df.index[i]!r}" if name == "id" else f"{source}, row {i + 1}"
 
 
 def _plain(value: object) -> object:
@@ -121,14 +128,15 @@ def _plain(value: object) -> object:
 
 
 def sequence_regression_examples(df: pd.DataFrame, tokenizer, sequence_column: str = "mutated_sequence",
-                                 target_column: str = "DMS_score", center: float = 0.0, scale: float = 1.0):
+                                 target_column: str | None = "DMS_score", center: float = 0.0, scale: float = 1.0):
     """Sequence-level regression examples: ``input_ids`` and one float label ``(target - center) / scale``.
 
     Args:
         df: one row per sequence (e.g. from :func:`~.sets.read_dms_csv`); ``df.attrs["source"]`` and an index
             named ``"row"`` name rows in errors.
         tokenizer: an ESM-2 tokenizer.
-        sequence_column, target_column: the columns of the sequence and of the measured value.
+        sequence_column, target_column: the columns of the sequence and of the measured value (``None``: no
+            labels, examples to predict on).
         center, scale: the labels are ``(target - center) / scale`` (e.g. the training mean and standard
             deviation); a prediction ``p`` means ``p * scale + center`` in the table's units.
 
@@ -143,12 +151,13 @@ def sequence_regression_examples(df: pd.DataFrame, tokenizer, sequence_column: s
     from datasets import Dataset
 
     source = df.attrs.get("source", "table")
-    missing = {sequence_column, target_column} - set(df.columns)
+    missing = {sequence_column, target_column} - {None} - set(df.columns)
     if missing:
         raise DataError(f"{source}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
     if not scale > 0:
         raise ValueError(f"scale={scale} must be > 0 (e.g. the standard deviation of the training targets)")
-    targets = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float)
+    targets = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float) if target_column else \
+        np.zeros(len(df))
     if not np.isfinite(targets).all():
         i = int((~np.isfinite(targets)).argmax())
         value = _plain(df[target_column].iloc[i])
@@ -164,8 +173,10 @@ def sequence_regression_examples(df: pd.DataFrame, tokenizer, sequence_column: s
                             "crop it around the mutated region first")
         ids = encode_protein(seq, vocab, source=_row_name(df, i))
         input_ids.append([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id])
-    labels = ((targets - center) / scale).tolist()
-    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+    columns = {"input_ids": input_ids}
+    if target_column is not None:
+        columns["labels"] = ((targets - center) / scale).tolist()
+    return Dataset.from_dict(columns)
 
 
 def dms_split(df: pd.DataFrame, by: str = "random", fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),

@@ -1,4 +1,4 @@
-"""Files: FASTA reading and writing, shipped assets, atomic writes and a SHA-256-verified download cache.
+"""Files: FASTA, tables (CSV, TSV, Parquet, xlsx), shipped assets, atomic writes, a SHA-256-verified download cache.
 
 Every reader raises :class:`DataError` (a ``ValueError``) naming the file, line or row and the fix.
 """
@@ -14,6 +14,8 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 from typing import IO, Iterable
+
+import pandas as pd
 
 
 class DataError(ValueError):
@@ -99,6 +101,28 @@ def read_fasta(path: str | Path) -> dict[str, str]:
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable FASTA text file ({type(err).__name__}: {err}); check that it is "
                         "FASTA, and that a '.gz' name really holds a complete gzip file") from err
+
+
+def read_table(path: str | Path, **kwargs) -> pd.DataFrame:
+    """A table from ``.csv``, ``.tsv``/``.txt`` (tab-separated), ``.parquet`` or ``.xlsx`` (``.gz`` for text).
+
+    ``kwargs`` go to the pandas reader. File errors become :class:`DataError` naming the file, or
+    ``FileNotFoundError``.
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path (relative to {Path.cwd()})")
+    name = Path(path).name.lower().removesuffix(".gz")
+    try:
+        if name.endswith((".xlsx", ".xls")):
+            return pd.read_excel(path, **kwargs)
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path, **kwargs)
+        return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".txt")) else ",", **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header line such as 'mutant,DMS_score'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a well-formed CSV ({str(err).strip()}); check the separators and quotes "
+                        "of the line it names (a stray '\"' or an extra comma)") from err
 
 
 def read_fasta_headers(path: str | Path) -> dict[str, str]:

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import DataError, asset_path, open_text, read_fasta
-from .mutants import AMINO_ACIDS, WILD_TYPE_NAMES, apply_mutant, parse_mutant  # noqa: F401 (AMINO_ACIDS re-exported)
+from .files import DataError, asset_path, open_text, read_fasta, read_table
+from .mutants import (AMINO_ACIDS, WILD_TYPE_NAMES, apply_mutant, mutants_from_sequences,  # noqa: F401 (re-export)
+                      parse_mutant)
 
 SS_LABELS = "HEC"  # helix, strand, coil: the label order used everywhere (class ids 0, 1, 2)
 #: Split sizes of the shipped FLIP secondary-structure data (checked on load).
@@ -162,18 +163,20 @@ def load_blat_dms(max_mutants: int | None = None, seed: int = 0) -> pd.DataFrame
     return df
 
 
-def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score", offset: int = 0,
+def read_dms_csv(path: str | Path, wt_seq: str, score_column: str | None = "DMS_score", offset: int = 0,
                  mutant_column: str = "mutant") -> pd.DataFrame:
     """Read a deep-mutational-scan table (CSV, TSV or xlsx) and check every mutant against ``wt_seq``.
 
     Mutants are written as :func:`~.mutants.parse_mutant` reads them: single (``H24C``), multi-site
     (``V39A:D40F``), or the wild type (``WT``, ``_wt`` or an empty cell). A wild-type row is kept: its
-    score is a measurement like any other (the fitness of the unmutated protein).
+    score is a measurement like any other (the fitness of the unmutated protein). A table without a mutant
+    column but with full-length variants (``mutated_sequence`` or ``sequence``, as FLIP's GB1 CSV) gets its
+    mutants from :func:`~.mutants.mutants_from_sequences`.
 
     Args:
         path: the table (``.csv``, ``.tsv``/``.txt`` tab-separated, ``.xlsx``; ``.gz`` for text).
         wt_seq: the wild-type sequence the mutants refer to.
-        score_column: the measured score (finite numbers).
+        score_column: the measured score (finite numbers); ``None`` for a table of mutants without scores.
         offset: numbering offset of the mutants (position in the table minus position in ``wt_seq``).
         mutant_column: the column of mutant strings.
 
@@ -182,7 +185,8 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score",
         ``wt_seq``), ``wt_aa`` and ``mt_aa`` for single mutants (``<NA>`` and ``""`` on other rows; ``position``
         is int64 when every row is a single mutant), and ``mutated_sequence`` (built from ``wt_seq`` when the
         table has none, checked against it when it has one). The index, named ``"row"``, is the row number as
-        a spreadsheet shows it (the header is row 1); ``attrs["source"]`` holds the path.
+        a spreadsheet shows it (the header is row 1); ``attrs["source"]`` holds the path and
+        ``attrs["added_columns"]`` the columns added here.
 
     Raises:
         FileNotFoundError: no such file.
@@ -190,26 +194,43 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str = "DMS_score",
             ``wt_seq`` (with the offset that would fix the numbering, where one does), or a ``mutated_sequence``
             that disagrees with its mutant; each names the file and the row.
     """
-    df = _read_table(path)
-    missing = {mutant_column, score_column} - set(df.columns)
+    df = read_table(path)
+    given = list(df.columns)
+    missing = {score_column} - {None} - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
     df.index = pd.Index(np.arange(len(df)) + 2, name="row")
     df.attrs["source"] = str(path)
-    _check_scores(df, path, score_column)
-    texts = _read_table(path, keep_default_na=False)[mutant_column].astype(str)  # an empty cell stays ""
+    if score_column is not None:
+        _check_scores(df, path, score_column)
+    texts = _mutant_texts(df, path, wt_seq, offset, mutant_column)
     subs = []
     for row, mutant in zip(df.index, texts):
         try:
             subs.append(parse_mutant(mutant, wt_seq, offset))
         except ValueError as err:
             raise DataError(f"{path}, row {row}: {err}") from None
-    df[mutant_column] = texts.to_numpy()
-    _add_mutant_columns(df, subs, wt_seq, path)
+    df[mutant_column] = texts
+    _add_mutant_columns(df, subs, wt_seq, path, mutant_column)
+    df.attrs["added_columns"] = [c for c in df.columns if c not in given]
     n_wild = int((df["n_mutations"] == 0).sum())
     if n_wild:
         logger.info("%s: %d wild-type row(s) kept (mutant written as %s)", path, n_wild, WILD_TYPE_NAMES)
     return df
+
+
+def _mutant_texts(df: pd.DataFrame, path: str | Path, wt_seq: str, offset: int, column: str) -> list[str]:
+    """The mutant column as text (an empty cell stays ``""``), or mutants diffed from full-length sequences."""
+    if column in df.columns:
+        return read_table(path, keep_default_na=False)[column].astype(str).tolist()
+    sequences = next((c for c in ("mutated_sequence", "sequence") if c in df.columns), None)
+    if sequences is None:
+        raise DataError(f"{path}: no {column!r} column; found {list(df.columns)}. Give mutants ('A42G', 'A42G:T50C', "
+                        "'WT') in a 'mutant' column, or full-length variants in a 'sequence' column")
+    try:
+        return mutants_from_sequences(wt_seq, df[sequences], offset, source=str(path))
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def _check_scores(df: pd.DataFrame, path: str | Path, column: str) -> None:
@@ -228,7 +249,7 @@ def _check_scores(df: pd.DataFrame, path: str | Path, column: str) -> None:
     df[column] = values.astype(float)
 
 
-def _add_mutant_columns(df: pd.DataFrame, subs: list, wt_seq: str, path: str | Path) -> None:
+def _add_mutant_columns(df: pd.DataFrame, subs: list, wt_seq: str, path: str | Path, column: str) -> None:
     single = [s[0] if len(s) == 1 else None for s in subs]
     position = pd.array([s.position if s else pd.NA for s in single], dtype="Int64")
     df["n_mutations"] = [len(s) for s in subs]
@@ -239,7 +260,7 @@ def _add_mutant_columns(df: pd.DataFrame, subs: list, wt_seq: str, path: str | P
     if "mutated_sequence" not in df.columns:
         df["mutated_sequence"] = built
         return
-    for row, mutant, given, expected in zip(df.index, df["mutant"], df["mutated_sequence"], built):
+    for row, mutant, given, expected in zip(df.index, df[column], df["mutated_sequence"], built):
         if given != expected:
             raise DataError(f"{path}, row {row}: column 'mutated_sequence' is not wt_seq with mutant {mutant!r} "
                             f"applied ({_first_difference(given, expected)}); check that wt_seq is the sequence the "
@@ -253,19 +274,3 @@ def _first_difference(given: object, expected: str) -> str:
         return f"it has {len(given)} residues, the mutant {len(expected)}"
     i = next(i for i, (a, b) in enumerate(zip(given, expected)) if a != b)
     return f"position {i + 1} has {given[i]!r}, expected {expected[i]!r}"
-
-
-def _read_table(path: str | Path, **kwargs) -> pd.DataFrame:
-    """A CSV, TSV or xlsx table; file errors become :class:`DataError` (naming the file) or FileNotFoundError."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such file; check the path (relative to {Path.cwd()})")
-    name = Path(path).name.lower().removesuffix(".gz")
-    try:
-        if name.endswith((".xlsx", ".xls")):
-            return pd.read_excel(path, **kwargs)
-        return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".txt")) else ",", **kwargs)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty; expected a header line such as 'mutant,DMS_score'") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a well-formed CSV ({str(err).strip()}); check the separators and quotes "
-                        "of the line it names (a stray '\"' or an extra comma)") from err
