@@ -197,19 +197,12 @@ def finetune(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     tables = [_examples_table(path, args.task) for path in (args.train, args.validation)]
-    meta = {"format": FINETUNE_FORMAT, "model": args.model, "task": args.task, "method": args.method}
-    if args.task == "sequence":
-        center, scale = tables[0]["target"].mean(), tables[0]["target"].std()
-        if not scale > 0:
-            raise ValueError(f"{args.train}: the {len(tables[0])} training targets do not vary (all "
-                             f"{tables[0]['target'].iloc[0]}); a regression needs different values to learn from")
-        meta.update(num_labels=1, center=float(center), scale=float(scale))
-    else:
-        letters = set("".join(tables[0]["labels"]))
-        meta.update(classes=data.SS_LABELS if letters <= set(data.SS_LABELS) else "".join(sorted(letters)))
-        meta.update(num_labels=len(meta["classes"]))
+    meta = {"format": FINETUNE_FORMAT, "model": args.model, "task": args.task, "method": args.method,
+            **_label_meta(tables[0], args.task, args.train)}
     model, tokenizer = models.load_esm2(args.model, task=args.task, num_labels=meta["num_labels"], seed=args.seed)
-    examples = [_examples(table, tokenizer, meta) for table in tables]
+    examples = [data.sequence_regression_examples(t, tokenizer, "sequence", "target", meta["center"], meta["scale"])
+                if args.task == "sequence" else data.secondary_structure_examples(t, tokenizer, classes=meta["classes"])
+                for t in tables]
     net = lora.prepare_model(model, "lora", lora.esm2_lora_config(r=args.lora_rank, task=args.task))
     config = train.TrainConfig(output_dir=str(out), max_steps=args.max_steps, learning_rate=args.learning_rate,
                                warmup_steps=args.max_steps // 10, token_budget=args.token_budget,
@@ -224,6 +217,21 @@ def finetune(args: argparse.Namespace) -> None:
     meta.update(best_step=result.best_step, metric=result.metric, best_metric=result.best_metric)
     write_table(result.history, out / "history.csv")
     data.atomic_write_bytes(out / "bioft.json", json.dumps(meta, indent=2).encode())
+
+
+def _label_meta(table: pd.DataFrame, task: str, path: str) -> dict:
+    """What predictions need to mean what the training labels meant: the targets' scaling, or the label letters."""
+    from bioft_tutorial import data
+
+    if task == "token":
+        letters = set("".join(x for x in table["labels"] if isinstance(x, str)))
+        classes = data.SS_LABELS if letters <= set(data.SS_LABELS) else "".join(sorted(letters))
+        return {"classes": classes, "num_labels": len(classes)}
+    targets = pd.to_numeric(table["target"], errors="coerce")  # text or NaN rows: refused with their row below
+    if not targets.std() > 0:
+        raise ValueError(f"{path}: the {len(table)} training targets do not vary (all {targets.iloc[0]}); a "
+                         "regression needs different values to learn from")
+    return {"num_labels": 1, "center": float(targets.mean()), "scale": float(targets.std())}
 
 
 def _examples_table(path: str, task: str) -> pd.DataFrame:
@@ -241,14 +249,6 @@ def _examples_table(path: str, task: str) -> pd.DataFrame:
     if task == "token" and "mask" not in table.columns:
         table["mask"] = ["1" * len(s) if isinstance(s, str) else s for s in table["sequence"]]
     return table
-
-
-def _examples(table: pd.DataFrame, tokenizer, meta: dict):
-    from bioft_tutorial import data
-
-    if meta["task"] == "sequence":
-        return data.sequence_regression_examples(table, tokenizer, "sequence", "target", meta["center"], meta["scale"])
-    return data.secondary_structure_examples(table, tokenizer, classes=meta["classes"])
 
 
 def predict(args: argparse.Namespace) -> None:

@@ -147,6 +147,10 @@ def test_usage_errors_exit_2(capsys):
      ["--out v.xlsx: unknown table format '.xlsx'"]),
     (["finetune", "--train", "bad.csv", "--validation", "bad.csv", "--task", "sequence", "--model", "tiny",
       "--out", "run"], ["bad.csv: no column ['id', 'sequence', 'target']", "rename the columns"]),
+    (["finetune", "--train", "text.csv", "--validation", "text.csv", "--task", "sequence", "--model", "tiny",
+      "--out", "run"], ["text.csv, row 3, column 'target': 'high' is not a finite number"]),
+    (["finetune", "--train", "flat.csv", "--validation", "text.csv", "--task", "sequence", "--model", "tiny",
+      "--out", "run"], ["flat.csv: the 2 training targets do not vary (all 0.5)"]),
     (["predict", "--adapter", "nowhere", "--sequences", "wt.fasta", "--out", "p.csv"],
      ["nowhere: no bioft.json", "--out folder of 'bioft finetune'"]),
 ])
@@ -158,6 +162,8 @@ def test_input_errors_exit_1_with_our_message(tmp_path, monkeypatch, capsys, arg
     Path("bad.csv").write_text("mutant\nWT\nH23C\n")
     Path("multi.csv").write_text('chrom,pos,ref,alt\nc,5,A,"G,C"\n')
     Path("one.csv").write_text("chrom,pos,ref,alt\nc,5,A,G\n")
+    Path("text.csv").write_text("id,sequence,target\na,MKT,0.5\nb,MKA,high\nc,MKW,0.1\n")
+    Path("flat.csv").write_text("id,sequence,target\na,MKT,0.5\nb,MKA,0.5\n")
     Path("ref.fa").write_text(">c\n" + "ACGT" * 50 + "\n")
     assert cli.main(args) == 1
     err = capsys.readouterr().err

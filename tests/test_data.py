@@ -201,3 +201,16 @@ def test_flip_secondary_structure_splits_come_from_the_headers():
         headers = [line.split() for line in handle if line.startswith(">")]
     expected = ["test" if "SET=test" in h else "validation" if "VALIDATION=True" in h else "train" for h in headers]
     assert flip["split"].tolist() == expected
+
+
+def test_read_dms_csv_diffs_a_table_of_full_length_variants(tmp_path):
+    wt = "MKTAYIAK"
+    path = tmp_path / "gb1.csv"
+    path.write_text("sequence,target,set\nMKTAYIAK,1.0,train\nAKTAYIAW,0.2,train\nMKTAYIAK,0.9,test\n")
+    df = data.read_dms_csv(path, wt, score_column="target")
+    assert df["mutant"].tolist() == ["", "M1A:K8W", ""] and df["n_mutations"].tolist() == [0, 2, 0]
+    assert df.attrs["added_columns"] == ["mutant", "n_mutations", "position", "wt_aa", "mt_aa", "mutated_sequence"]
+    assert data.read_dms_csv(path, wt, score_column=None)["target"].tolist() == [1.0, 0.2, 0.9]
+    path.write_text("sequence\nMKTAYIAK\nMKTAYIA\n")
+    with pytest.raises(DataError, match=r"gb1.csv, row 3: 7 residues, but the wild type has 8"):
+        data.read_dms_csv(path, wt, score_column=None)
