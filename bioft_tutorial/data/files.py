@@ -95,12 +95,26 @@ def read_fasta(path: str | Path) -> dict[str, str]:
         FileNotFoundError: no such file.
         DataError: the file is not UTF-8 text or not valid gzip, or one of :func:`parse_fasta`'s errors.
     """
+    return parse_text_file(path, parse_fasta, "FASTA")
+
+
+def parse_text_file(path: str | Path, parse, kind: str, error: type[ValueError] = DataError):
+    """``parse(lines, source=path)`` over a text file, plain or gzip/bgzip-compressed.
+
+    Args:
+        path: the file; parse: a parser of lines such as :func:`parse_fasta`; kind: the format, for messages
+            (``"FASTA"``); error: the exception for a file that is not readable text.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: (``error``) the file is not UTF-8 text or not complete gzip, naming the file.
+    """
     try:
         with open_text(path) as handle:
-            return parse_fasta(handle, source=str(path))
+            return parse(handle, source=str(path))
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
-        raise DataError(f"{path}: not a readable FASTA text file ({type(err).__name__}: {err}); check that it is "
-                        "FASTA, and that a '.gz' name really holds a complete gzip file") from err
+        raise error(f"{path}: not a readable {kind} text file ({type(err).__name__}: {err}); check that it is a "
+                    f"{kind} file, and that a '.gz' name really holds a complete gzip file") from err
 
 
 def read_table(path: str | Path, **kwargs) -> pd.DataFrame:

@@ -17,7 +17,6 @@ certain, and is otherwise kept whole on every row with a logged warning (one per
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..data.files import atomic_write_bytes, open_text
+from ..data.files import atomic_write_bytes, parse_text_file
 from .genome import VariantError
 from .io import standardize_variants
 
@@ -44,12 +43,7 @@ def read_vcf(path: str | Path) -> pd.DataFrame:
         FileNotFoundError: no such file.
         VariantError: not UTF-8 text or not valid gzip, or one of :func:`parse_vcf`'s errors.
     """
-    try:
-        with open_text(path) as handle:
-            return parse_vcf(handle, source=str(path))
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
-        raise VariantError(f"{path}: not a readable VCF text file ({type(err).__name__}: {err}); check that it is a "
-                           "VCF, and that a '.gz' name really holds a complete gzip/bgzip file") from err
+    return parse_text_file(path, parse_vcf, "VCF", VariantError)
 
 
 def parse_vcf(lines: Iterable[str], source: str = "<string>") -> pd.DataFrame:
