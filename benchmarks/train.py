@@ -109,10 +109,16 @@ def training_chains(args: argparse.Namespace, cases: list[Case]) -> tuple[list[d
 
 
 def build_model(case: Case, smoke: bool, seed: int, device: torch.device) -> torch.nn.Module:
-    """The reader's model: ESM-2 of the case's shape (random weights, made on ``device``: seconds, not a
-    minute of CPU time for 3B) prepared for the case's method."""
+    """The reader's model: ESM-2 of the case's shape with random weights, prepared for the case's method.
+
+    It is made on ``device`` (seconds, not a minute of CPU time for 3B) and, where ``train.train`` would store
+    the frozen weights in bf16 anyway, made in bf16 (a 15B model never exists in fp32; the trainable weights
+    become fp32 in ``train.train``).
+    """
     config = models.tiny_esm2_config() if smoke else models.esm2_config(case.model)
-    model = models.random_esm2(config, task="token", num_labels=3, seed=seed, device=device)
+    bf16 = case.runner == "train.train" and case.precision == "bf16" and case.method != "full"
+    model = models.random_esm2(config, task="token", num_labels=3, seed=seed, device=device,
+                               dtype=torch.bfloat16 if bf16 else torch.float32)
     return lora.prepare_model(model, case.method, lora.esm2_lora_config(r=8) if case.method == "lora" else None)
 
 
@@ -134,6 +140,8 @@ def measure(case: Case, chains: list[dict], args: argparse.Namespace, device: to
     start = time.perf_counter()
     model = build_model(case, args.smoke, args.seed, device)
     build_s = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the peak of training, not of building the model
     graphs = counters["stats"]["unique_graphs"]
     with tempfile.TemporaryDirectory() as tmp:
         if case.runner == "transformers.Trainer":
