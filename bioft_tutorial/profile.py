@@ -47,7 +47,7 @@ class Profile:
     dna_batch_size: int
     seed: int = 0
     trainer_max_steps: int = 40  # notebook 03: steps of the Hugging Face Trainer comparison
-    ss_fast_path: bool = False  # notebook 03: packed rows + compiled layers for per-residue training (GPU)
+    fast_path: bool = False  # notebook 03: packed rows + compiled layers for per-residue training (GPU)
     evo2_finetune_model: str = "tiny"  # notebook 06: "tiny" (random tiny transformer) or an Evo 2 model_name
     evo2_finetune_window: int = 128  # notebook 06: bases per window (embeddings and LoRA)
     evo2_layer_step: int = 1  # notebook 06: the layer sweep probes every n-th block (and the last)
@@ -144,7 +144,7 @@ _FULL = Profile(
     dna_window=8192,
     dna_batch_size=8,
     trainer_max_steps=500,
-    ss_fast_path=True,
+    fast_path=True,
     evo2_finetune_model="evo2_7b",
     evo2_finetune_window=8192,
     evo2_layer_step=4,
