@@ -22,6 +22,7 @@ from bioft_tutorial.variants.embeddings import (block_outputs, check_layers, emb
                                                 variant_windows)
 
 ATOL = 1e-5
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
 
 
 @pytest.fixture(scope="module")

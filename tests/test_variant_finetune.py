@@ -13,6 +13,7 @@ from bioft_tutorial.variants.finetune import (ClassifierConfig, DNAForSequenceCl
                                               dna_lora_config, linear_modules, variant_examples)
 
 WINDOW, INDEX = 24, 12
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
 
 
 def _lm(seed: int = 5) -> TinyDNALM:
