@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "train-dist": "benchmarks.train_dist:main",  # train.train under torchrun (DDP, FSDP2) against one GPU
     "zero-shot": "benchmarks.zero_shot:main",    # zero_shot.score_substitutions (chapter 1)
     "evo2": "benchmarks.evo2:main",              # variants.score_variants with Evo 2 7B (chapter 4)
+    "evo2-finetune": "benchmarks.evo2_finetune:main",  # embeddings and LoRA steps with Evo 2 7B (chapter 6)
     "notebooks": "benchmarks.notebooks:main",    # every notebook in the full profile, with papermill
 }
 

@@ -122,6 +122,13 @@ class DNAForSequenceClassification(nn.Module):
                 block.forward, block._bioft_checkpointed = _recomputed(block.forward, kwargs), True
 
 
+    def gradient_checkpointing_disable(self) -> None:
+        """Store the blocks' activations again (undo :meth:`gradient_checkpointing_enable`)."""
+        for block in blocks_of(self.backbone):
+            if getattr(block, "_bioft_checkpointed", False):
+                del block.forward, block._bioft_checkpointed  # the class's own forward again
+
+
 def _recomputed(forward, kwargs: dict):
     def run(*args, **inputs):
         if not torch.is_grad_enabled():
