@@ -3,8 +3,9 @@
 Fine-tune ESM-2 (proteins) and Evo 2 (DNA) with LoRA on a GPU, and score variants with them.
 Each module is one concept and can be copied into another project with only torch, transformers
 and peft beside it: ``data``, ``models``, ``lora``, ``train``, ``zero_shot``, ``variants``,
-``metrics``, ``intervals`` (confidence intervals), ``leakage`` (identity between splits), ``plots``, ``bench``,
-``cli`` (the ``bioft`` command line);
+``metrics``, ``intervals`` (confidence intervals), ``leakage`` (identity between splits), ``plots``,
+``hf_trainer`` (the Hugging Face Trainer baseline), ``results`` (stored GPU measurements), ``cli`` (the ``bioft``
+command line);
 ``profile`` turns ``BIOFT_PROFILE`` into notebook defaults.
 """
 __version__ = "0.1.0"
