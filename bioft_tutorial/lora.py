@@ -44,7 +44,7 @@ _TASK_TYPES = {"token": TaskType.TOKEN_CLS, "sequence": TaskType.SEQ_CLS}
 ACTIVATION_BYTES_PER_TOKEN_LAYER_PER_HIDDEN = 34
 
 
-def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.05,
+def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0,
                      target_modules: tuple[str, ...] | list[str] = ESM2_LORA_TARGETS,
                      task: str = "token") -> LoraConfig:
     """A PEFT ``LoraConfig`` for ESM-2: adapters in the encoder, the task head trained in full.
@@ -52,7 +52,9 @@ def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.05,
     Args:
         r: rank of each update (number of columns of ``B``); 4-16 is typical.
         alpha: scale; the update is multiplied by ``alpha / r`` (so changing ``r`` keeps its size).
-        dropout: dropout on the adapter's input during training.
+        dropout: dropout on the adapter's input during training. 0 (PEFT's default) unless you need the
+            regularisation: ESM-2 itself trains without dropout, and each adapter's dropout copies its whole
+            input, so on a GPU it costs time.
         target_modules: any of ``"query"``, ``"key"``, ``"value"``, ``"dense"`` (``"dense"`` = the
             attention output and both feed-forward layers).
         task: ``"token"`` (per-residue labels) or ``"sequence"`` (one label or value per chain).
@@ -128,7 +130,7 @@ def _meta_model(config: EsmConfig, task: str, num_labels: int, method: str, lora
 
 def estimate_training_memory(size_or_config: str | EsmConfig, method: str = "lora", *, r: int = 8,
                              target_modules: tuple[str, ...] = ESM2_LORA_TARGETS, task: str = "token",
-                             num_labels: int = 3, tokens: int = 16384) -> dict[str, float]:
+                             num_labels: int = 3, token_budget: int = 16384) -> dict[str, float]:
     """Estimate GPU memory for one training step, from the config alone (a meta-device model, no weights).
 
     Assumptions (bf16 autocast, AdamW):
@@ -145,7 +147,7 @@ def estimate_training_memory(size_or_config: str | EsmConfig, method: str = "lor
 
     Returns:
         Parameters (``total_params``, ``trainable_params``) and GiB: ``weights_gib``, ``gradients_gib``,
-        ``optimizer_gib``, ``activations_per_1k_tokens_gib``, ``activations_gib`` (at ``tokens``) and
+        ``optimizer_gib``, ``activations_per_1k_tokens_gib``, ``activations_gib`` (at ``token_budget``) and
         ``total_gib``.
     """
     config = esm2_config(size_or_config) if isinstance(size_or_config, str) else size_or_config
@@ -159,7 +161,7 @@ def estimate_training_memory(size_or_config: str | EsmConfig, method: str = "lor
     gib = 2**30
     out = {"total_params": total, "trainable_params": trainable, "weights_gib": weights / gib,
            "gradients_gib": 4 * trainable / gib, "optimizer_gib": 8 * trainable / gib,
-           "activations_per_1k_tokens_gib": 1000 * per_token / gib, "activations_gib": tokens * per_token / gib}
+           "activations_per_1k_tokens_gib": 1000 * per_token / gib, "activations_gib": token_budget * per_token / gib}
     out["total_gib"] = sum(out[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib"))
     return out
 

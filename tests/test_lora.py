@@ -55,10 +55,10 @@ def test_cast_frozen_keeps_trainable_weights_in_fp32():
 def test_memory_estimate_from_the_config_alone():
     config = models.esm2_config("650M")
     n = models.count_parameters(config, "token", 3)["total"]
-    full = lora.estimate_training_memory(config, "full", tokens=0)
+    full = lora.estimate_training_memory(config, "full", token_budget=0)
     assert full["total_params"] == n
     assert full["total_gib"] * 2**30 == pytest.approx(16 * n)  # fp32 weights + grads + two Adam moments
-    low = lora.estimate_training_memory("650M", "lora", tokens=1000)
+    low = lora.estimate_training_memory("650M", "lora", token_budget=1000)
     assert low["weights_gib"] < full["weights_gib"] / 1.9 and low["trainable_params"] < n / 100
     assert low["activations_gib"] * 2**30 == pytest.approx(1000 * 34 * 1280 * 33)
     table = lora.family_memory_table(sizes=("8M", "35M"))
