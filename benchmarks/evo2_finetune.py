@@ -48,25 +48,32 @@ COMMAND = "evo2-finetune"
 CASES = ("embeddings", "variants", "floor", "lora", "lora-no-checkpointing")
 
 
+#: The command's options: flag, type, default, help.
+OPTIONS = (
+    ("--model", str, "evo2_7b:random", "Evo2LM.load model_name (random weights for timing)"),
+    ("--window", int, 8192, "window length (bases)"),
+    ("--batch-size", int, 8, "windows per forward pass of embed_windows"),
+    ("--windows", int, 16, "windows timed per embedding case"),
+    ("--baseline-windows", int, 6, "windows timed per baseline case"),
+    ("--sweep-step", int, 4, "the sweep's blocks: every n-th, and the last"),
+    ("--layer", int, 20, "the single middle block of the second embedding case"),
+    ("--positions", int, 4, "BRCA1 positions of the embed_variants case"),
+    ("--lora-layer", int, -1, "block feeding the classifier (-1: the last)"),
+    ("--rank", int, 8, "LoRA rank"),
+    ("--steps", int, 6, "optimizer steps per LoRA case, warm-up included"),
+    ("--warmup", int, 2, "untimed first steps of each LoRA and floor case"),
+    ("--cases", str, ",".join(CASES), f"comma-separated, of {', '.join(CASES)}"),
+    ("--out", str, None, "results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)"),
+    ("--tag", str, None, "extra word in the results file name"),
+)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks {COMMAND}", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="evo2_7b:random", help="Evo2LM.load model_name (random weights for timing)")
-    p.add_argument("--window", type=int, default=8192, help="window length (bases)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass of embed_windows")
-    p.add_argument("--windows", type=int, default=16, help="windows timed per embedding case")
-    p.add_argument("--baseline-windows", type=int, default=6, help="windows timed per baseline case")
-    p.add_argument("--sweep-step", type=int, default=4, help="the sweep's blocks: every n-th, and the last")
-    p.add_argument("--layer", type=int, default=20, help="the single middle block of the second embedding case")
-    p.add_argument("--positions", type=int, default=4, help="BRCA1 positions of the embed_variants case")
-    p.add_argument("--lora-layer", type=int, default=-1, help="block feeding the classifier (-1: the last)")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--steps", type=int, default=6, help="optimizer steps per LoRA case, warm-up included")
-    p.add_argument("--warmup", type=int, default=2, help="untimed first steps of each LoRA and floor case")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    p.add_argument("--out", help="results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)")
-    p.add_argument("--tag", help="extra word in the results file name")
-    p.add_argument("--smoke", action="store_true", help="tiny random transformer on the CPU, 128-bp windows")
-    return p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {COMMAND}", description=__doc__.split("\n")[0])
+    for flag, kind, default, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    parser.add_argument("--smoke", action="store_true", help="tiny random transformer on the CPU, 128-bp windows")
+    return parser.parse_args(argv)
 
 
 def _setup(args) -> tuple:
