@@ -198,15 +198,24 @@ def execute(path: Path, params: dict, executed: Path, timeout: float, smoke: boo
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "papermill", str(path), str(executed), "--cwd", str(path.parent),
            "--no-progress-bar", "-y", json.dumps(params)]
-    # its own process group, so that a stop also ends the kernel papermill started
+    # its own process group, so that a stop (ours, or a SIGTERM to us) also ends the kernel papermill started
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
+
+    def stop(signum=None, frame=None) -> None:
+        os.killpg(job.pid, signal.SIGKILL)
+        if signum is not None:
+            raise SystemExit(f"{COMMAND}: stopped by signal {signum} while running {path.name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         stdout, stderr = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
+        stop()
         job.communicate()
         return f"stopped after {timeout:.0f} s (the --budget-s of this run)"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if job.returncode == 0:
         return None
     text = re.sub(r"\x1b\[[0-9;]*m", "", stderr + stdout)  # no terminal colours
