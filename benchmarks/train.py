@@ -60,7 +60,7 @@ class Case:
     steps: int = 30
     warmup: int = 5
     group: str = "default"  # "default" or "family" (the other sizes; --cases family)
-    est_s: float = 30.0  # rough cost on an H100/H200, for --budget-s
+    est_s: float = 30.0  # rough cost on an H100/H200 (compilation included), for --budget-s
 
     def settings(self, smoke: bool) -> dict:
         """The ``TrainConfig`` knobs of this case (smoke: compile with ``aot_eager``, no C++ compiler needed)."""
@@ -71,18 +71,18 @@ class Case:
 
 #: Every case, in the order they run (the most important first, in case the time budget runs out).
 CASES: list[Case] = [
-    Case("650M-fast", est_s=50),
+    Case("650M-fast", est_s=45),
     Case("650M-hf-trainer", precision="bf16", batching="padded", compile=None, runner="transformers.Trainer",
          est_s=25),
-    Case("650M-fp32-padded", precision="fp32", batching="padded", compile=None, steps=8, warmup=2, est_s=35),
-    Case("650M-bf16-padded", batching="padded", compile=None, est_s=20),
+    Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=45),
+    Case("650M-fp32-padded", precision="fp32", batching="padded", compile=None, steps=8, warmup=2, est_s=25),
+    Case("650M-bf16-padded", batching="padded", compile=None, est_s=25),
     Case("650M-bf16-packed", compile=None, est_s=20),
-    Case("650M-head-fast", method="head", est_s=40),
-    Case("650M-full-fast", method="full", est_s=60),
-    Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=80),
-    *[Case(f"{size}-fast", model=size, group="family", est_s=35) for size in ("8M", "35M", "150M")],
+    Case("650M-head-fast", method="head", est_s=25),
+    Case("650M-full-fast", method="full", est_s=30),
+    *[Case(f"{size}-fast", model=size, group="family", est_s=25) for size in ("8M", "35M", "150M")],
     Case("15B-fast", model="15B", checkpointing=True, token_budget=8192, steps=6, warmup=2, group="family",
-          est_s=150),
+         est_s=120),
 ]
 
 
