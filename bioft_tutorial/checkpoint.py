@@ -233,18 +233,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 # --- a training run's state: trainable weights + optimizer + scheduler + RNG + loop position ---------------
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -308,25 +296,3 @@ def load_training_state(root: str | Path, model: torch.nn.Module, optimizer: tor
     scheduler.load_state_dict(meta["scheduler"])
     set_rng_state(tensors, meta["rng"])
     return meta["state"]
-
-
-class History:
-    """A run's log: rows in memory and in a JSON-lines file (one object per line, appended as they come).
-
-    Opening with ``keep_until=k`` keeps the rows of steps ``<= k`` already in the file (a resumed run drops
-    what the interrupted one logged after its last checkpoint); ``keep_until=0`` starts afresh.
-    """
-
-    def __init__(self, path: str | Path, keep_until: int = 0, write: bool = True):
-        self.path, self.write = Path(path), write
-        old = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() and keep_until else []
-        self.rows = [r for r in map(json.loads, old) if r["step"] <= keep_until]
-        if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-
-    def append(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.write:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")

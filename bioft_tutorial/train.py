@@ -31,9 +31,11 @@ from tqdm.auto import tqdm
 from bioft_tutorial import checkpoint as ckpt
 from bioft_tutorial import distributed
 from bioft_tutorial.data import Examples
+from bioft_tutorial.history import History
 from bioft_tutorial.loss import loss_sum
 from bioft_tutorial.oom import retry_halving
-from bioft_tutorial.train_setup import (Best, LoopState, TrainConfig, check_data, lr_factor, next_batches, setup,
+from bioft_tutorial.best_weights import Best
+from bioft_tutorial.train_setup import (LoopState, TrainConfig, check_data, lr_factor, next_batches, setup,
                                        split_batch)
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,7 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
         saved = ckpt.load_training_state(out / "checkpoints", run.model, run.optimizer, run.scheduler)
         state = LoopState(**saved) if saved else state
         log.info("starting at step %d (resume=True)", state.step)
-    history = ckpt.History(out / "history.jsonl", keep_until=state.step, write=run.rank == 0)
+    history = History(out / "history.jsonl", keep_until=state.step, write=run.rank == 0)
     metric = config.best_metric or ("spearman" if train_set.regression else "accuracy")
     best = Best(out / "best", metric, write=run.rank == 0)
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not config.progress or run.rank != 0,
