@@ -1,4 +1,4 @@
-"""Zero-shot variant effect scoring with DNA language models.
+"""Zero-shot variant effect scoring with DNA language models, and supervised models on their embeddings.
 
 ``delta_ll = mean log-likelihood(alternate window) - mean log-likelihood(reference window)`` for each SNV,
 with an 8,192-bp window centred on the variant, as in the Evo 2 BRCA1 analysis.
@@ -14,7 +14,11 @@ Modules (each small, readable on its own):
 * :mod:`.kmer`: :class:`KmerModel` (pure numpy) and :func:`fit_kmer_background` (fitted outside the windows);
 * :mod:`.neural`: torch causal LMs: :class:`TinyDNALM` (random, for tests), :class:`HFCausalLM`;
 * :mod:`.evo2_backend`: :class:`Evo2LM` through the ``evo2`` package (GPU);
-* :mod:`.cache`, :mod:`.scoring`: :func:`score_variants` with a resumable, checksummed on-disk cache.
+* :mod:`.cache`, :mod:`.scoring`: :func:`score_variants` with a resumable, checksummed on-disk cache;
+* :mod:`.embeddings`, :mod:`.embedding_cache`: block outputs of a DNA model by forward hooks, pooled per window
+  and per variant, with a resumable on-disk cache;
+* :mod:`.probe`: probes on those embeddings, cross-validation grouped by exon, the layer sweep;
+* :mod:`.finetune`: a classification head on a block, LoRA in the blocks, examples for ``train.train``.
 
 Quick start::
 
@@ -24,12 +28,13 @@ Quick start::
     lm = fit_kmer_background(genome, variants, window=8192, k=6)  # never sees the windows it scores
     scored = score_variants(lm, genome, variants, cache_dir="scores_cache")
 
-This package depends only on numpy, pandas, torch, tqdm and pyfaidx (plus ``transformers`` for
-:class:`HFCausalLM` and ``evo2`` for :class:`Evo2LM`, imported when used).
+Scoring depends only on numpy, pandas, torch, tqdm and pyfaidx (plus ``transformers`` for
+:class:`HFCausalLM` and ``evo2`` for :class:`Evo2LM`, imported when used); the embedding cache adds
+safetensors, the probes scikit-learn and :mod:`bioft_tutorial.intervals`, fine-tuning peft.
 """
 from .cache import WindowCache
 from .checks import PROBLEMS, check_variants, describe_problems, problem_report, raise_for_problems
-from .evo2_backend import Evo2LM
+from .evo2_backend import Evo2LM, Evo2NotFoundError
 from .genome import Contig, Genome, VariantError, as_genome, canonical_contig, parse_region_id
 from .io import read_findlay_xlsx, read_variants_csv, standardize_variants
 from .interface import DNALanguageModel
@@ -41,7 +46,7 @@ from .windows import (DEFAULT_WINDOW, VariantWindow, outside, reverse_complement
                       window_bounds)
 
 __all__ = [
-    "Contig", "DEFAULT_WINDOW", "DNALanguageModel", "Evo2LM", "Genome", "HFCausalLM", "KmerModel", "PROBLEMS",
+    "Contig", "DEFAULT_WINDOW", "DNALanguageModel", "Evo2LM", "Evo2NotFoundError", "Genome", "HFCausalLM", "KmerModel", "PROBLEMS",
     "SCORE_COLUMNS", "TinyCausalTransformer", "TinyDNALM", "TorchCausalLM", "VariantError", "VariantWindow",
     "WindowCache", "as_genome", "canonical_contig", "check_variants", "describe_problems", "encode_bases",
     "expand_info", "fit_kmer_background", "problem_report", "outside", "parse_region_id", "parse_vcf",
