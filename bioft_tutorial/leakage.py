@@ -169,7 +169,7 @@ def q3_by_identity(labels, preds, chains, nearest: pd.DataFrame, bins: Sequence[
         bins: identity bin edges (0 to 1); a bin is ``(low, high]``, the first one includes ``low``.
 
     Returns:
-        One row per bin: ``identity`` (the bin), ``chains``, ``residues``, ``q3``, ``low``, ``high``
+        One row per bin: ``identity`` (the bin, e.g. ``"30–40 %"``), ``chains``, ``residues``, ``q3``, ``low``, ``high``
         (NaN interval for a bin of fewer than two chains).
     """
     labels, preds, chains = (np.asarray(a).ravel() for a in (labels, preds, chains))
@@ -180,13 +180,14 @@ def q3_by_identity(labels, preds, chains, nearest: pd.DataFrame, bins: Sequence[
     if unknown:
         raise ValueError(f"{len(unknown)} chain(s) with predictions have no identity, e.g. {str(unknown[0])!r}; run "
                          "nearest_identity on the same test chains")
-    chain_bin = pd.cut(identity_of, list(bins), include_lowest=True)
+    names = [f"{100 * low:g}–{100 * high:g} %" for low, high in zip(bins[:-1], bins[1:])]
+    chain_bin = pd.cut(identity_of, list(bins), labels=names, include_lowest=True)
     residue_bin = chain_bin.reindex(chains).to_numpy()
     rows = []
-    for interval_bin in chain_bin.cat.categories:
-        inside = residue_bin == interval_bin
+    for name in chain_bin.cat.categories:
+        inside = residue_bin == name
         n_chains = len(set(chains[inside]))
-        row = {"identity": str(interval_bin), "chains": n_chains, "residues": int(inside.sum()),
+        row = {"identity": name, "chains": n_chains, "residues": int(inside.sum()),
                "q3": float(np.mean(labels[inside] == preds[inside])) if inside.any() else np.nan,
                "low": np.nan, "high": np.nan}
         if n_chains >= 2:

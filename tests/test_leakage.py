@@ -85,7 +85,7 @@ def test_q3_by_identity_bins_chains_and_counts_their_residues():
     labels[::7] = -100
     preds = np.where(rng.random(chains.size) < 0.6, labels, (labels + 1) % 3)
     table = leakage.q3_by_identity(labels, preds, chains, nearest, bins=(0, 0.3, 0.5, 1.0), n_resamples=500)
-    assert table["identity"].tolist() == ["(-0.001, 0.3]", "(0.3, 0.5]", "(0.5, 1.0]"]
+    assert table["identity"].tolist() == ["0–30 %", "30–50 %", "50–100 %"]
     for bin_chains, row in zip(["abe", "c", "d"], table.itertuples()):
         inside = np.isin(chains, list(bin_chains)) & (labels != -100)
         assert row.chains == len(bin_chains) and row.residues == inside.sum()
