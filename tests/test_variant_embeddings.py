@@ -149,6 +149,8 @@ def test_variant_embeddings_follow_the_table(lm):
 def test_errors_name_the_fix(lm, windows):
     with pytest.raises(ValueError, match="5 windows but 2 variant indices"):
         embed_windows(lm, windows[0], [0, 1], [0], progress=False)
+    with pytest.raises(ValueError, match="window 3 has 17 bases but its variant index is 17"):
+        embed_windows(lm, windows[0], [0, 0, 0, 17, 0], [0], progress=False)
     with pytest.raises(ValueError, match="no 'blocks'"):
         block_outputs(torch.nn.Linear(2, 2), torch.zeros(1, 2), [0])
     emb = embed_windows(lm, windows[0][:1], windows[1][:1], [0], progress=False)

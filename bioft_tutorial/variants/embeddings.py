@@ -119,7 +119,8 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, index: torch.Tensor) -> tu
     Returns:
         ``(at_variant, mean)``, each ``(B, H)`` float32.
     """
-    hidden = hidden.float()
+    hidden = hidden.float()  # a model split over GPUs leaves each block's output on its own device
+    lengths, index = lengths.to(hidden.device), index.to(hidden.device)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     real = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).float()
     mean = (hidden * real[..., None]).sum(1) / lengths[:, None].float()
@@ -167,6 +168,11 @@ def embed_windows(lm, windows: Sequence[str], variant_index: Sequence[int], laye
     """
     if len(windows) != len(variant_index):
         raise ValueError(f"{len(windows)} windows but {len(variant_index)} variant indices; give one per window")
+    outside = [i for i, (w, k) in enumerate(zip(windows, variant_index)) if not 0 <= int(k) < len(w)]
+    if outside:
+        i = outside[0]
+        raise ValueError(f"window {i} has {len(windows[i])} bases but its variant index is {variant_index[i]}; "
+                         "indices are 0-based positions inside their window (variant_windows gives them)")
     layers = check_layers(layers, len(blocks_of(lm.model)))
     keys = list(dict.fromkeys(zip(windows, map(int, variant_index))))
     cache = EmbeddingCache(cache_dir, getattr(lm, "cache_key", lm.name), layers) if cache_dir else None

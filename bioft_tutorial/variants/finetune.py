@@ -86,10 +86,12 @@ class DNAForSequenceClassification(nn.Module):
 
     def __init__(self, backbone: nn.Module, config: ClassifierConfig):
         super().__init__()
-        config.layer = check_layers([config.layer], len(blocks_of(backbone)))[0]
+        blocks = blocks_of(backbone)
+        config.layer = check_layers([config.layer], len(blocks))[0]
         self.backbone, self.config = backbone, config
         width = config.hidden_size * (2 if config.contrast == "concat" else 1)
-        self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.num_labels))
+        device = next(blocks[config.layer].parameters()).device  # where that block's output will be
+        self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.num_labels)).to(device)
         _keep_float32(backbone)
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -161,7 +163,7 @@ def classifier_for(lm, layer: int, *, num_labels: int = 2, pooling: str = "varia
                               contrast=contrast, variant_index=variant_index, pad_token_id=lm.pad_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DNAForSequenceClassification(lm.model, config).to(lm.device)
+        return DNAForSequenceClassification(lm.model, config)
 
 
 def linear_modules(model: nn.Module, layer: int | None = None) -> pd.DataFrame:

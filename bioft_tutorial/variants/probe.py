@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from ..intervals import auroc_interval
+from ..metrics import auroc
 from .embeddings import WindowEmbeddings
 from .finetune import CONTRASTS
 
@@ -128,8 +129,6 @@ def best_probe(ref: WindowEmbeddings, alt: WindowEmbeddings, labels: Sequence[in
     Returns:
         ``({"layer", "pooling", "cv_auroc"}, the fitted probe)``.
     """
-    from ..metrics import auroc
-
     train = np.asarray(train)
     labels, groups = np.asarray(labels), np.asarray(groups)
     best = None
