@@ -12,7 +12,9 @@ secondary-structure training chains. Cases differ only in ``TrainConfig`` knobs 
 ``bf16-padded``    ``precision="bf16"`` (bf16 autocast, frozen weights stored in bf16), padded
 ``bf16-packed``    ``batching="packed"``: chains packed into rows, no padding
 ``fast``           ``batching="packed", compile="inductor"``: the book's fast path
-``head-fast``      the fast path, only the head trains (the floor a LoRA step cannot beat)
+``head-fast``      the fast path, only the head trains (nothing back-propagates into the encoder)
+``floor-fast``     the head-only model with gradients flowing back through every layer, as LoRA's do:
+                   a LoRA step without its adapters, the floor a LoRA step cannot beat
 ``full-fast``      the fast path, every weight trains
 ``3B-fast``        ESM-2 3B LoRA on the fast path with ``checkpointing=True`` at 8,192 tokens per step
 ``hf-trainer``     the baseline: ``transformers.Trainer`` + PEFT on the same chains
@@ -60,6 +62,7 @@ class Case:
     steps: int = 30
     warmup: int = 5
     group: str = "default"  # "default" or "family" (the other sizes; --cases family)
+    floor: bool = False  # head only, but the backward pass runs through every layer (a LoRA step without adapters)
     est_s: float = 30.0  # rough cost on an H100/H200 (compilation included), for --budget-s
 
     def settings(self, smoke: bool) -> dict:
@@ -79,6 +82,7 @@ CASES: list[Case] = [
     Case("650M-bf16-padded", batching="padded", compile=None, est_s=25),
     Case("650M-bf16-packed", compile=None, est_s=20),
     Case("650M-head-fast", method="head", est_s=25),
+    Case("650M-floor-fast", method="head", floor=True, est_s=25),
     Case("650M-full-fast", method="full", est_s=30),
     *[Case(f"{size}-fast", model=size, group="family", est_s=25) for size in ("8M", "35M", "150M")],
     Case("15B-fast", model="15B", checkpointing=True, token_budget=8192, steps=6, warmup=2, group="family",
@@ -119,7 +123,10 @@ def build_model(case: Case, smoke: bool, seed: int, device: torch.device) -> tor
     bf16 = case.runner == "train.train" and case.precision == "bf16" and case.method != "full"
     model = models.random_esm2(config, task="token", num_labels=3, seed=seed, device=device,
                                dtype=torch.bfloat16 if bf16 else torch.float32)
-    return lora.prepare_model(model, case.method, lora.esm2_lora_config(r=8) if case.method == "lora" else None)
+    model = lora.prepare_model(model, case.method, lora.esm2_lora_config(r=8) if case.method == "lora" else None)
+    if case.floor:  # the embeddings' output asks for a gradient: the backward pass then runs through every layer
+        model.enable_input_require_grads()
+    return model
 
 
 def _train(case: Case, model, chains: list[dict], args, device, tmp: str, profiler=None):

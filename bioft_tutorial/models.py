@@ -290,9 +290,9 @@ def compile_layers(model: torch.nn.Module, backend="inductor") -> int:
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
-    if hasattr(model, "enable_input_require_grads") and any(p.requires_grad for p in model.parameters()):
-        model.enable_input_require_grads()  # layer 0's input then needs grad like the others': one graph
     layers = [m for m in model.modules() if type(m).__name__ == "EsmLayer"]
+    if hasattr(model, "enable_input_require_grads") and any(p.requires_grad for m in layers for p in m.parameters()):
+        model.enable_input_require_grads()  # layer 0's input then needs grad like the others': one graph
     for layer in layers:
         layer.compile(dynamic=False, backend=backend)
     return len(layers)

@@ -108,17 +108,18 @@ def methods_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
 
 
 def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
-    """What LoRA's adapters cost: the fast path's median step with LoRA against the same step, head only.
+    """What LoRA's adapters cost: the fast path's median step with LoRA against the same step without adapters.
 
-    The head-only step runs the frozen model forward and backward without adapters: the floor a LoRA step
-    cannot beat. Both come from one file; ``None`` if no file has both.
+    The ``floor`` case trains the head only but back-propagates through every layer, as LoRA does: the frozen
+    model forward and backward, the floor a LoRA step cannot beat. Both come from one file; ``None`` if no file
+    has both.
     """
-    run = _one_run(train, [f"{model}-fast", f"{model}-head-fast"])
-    if not {f"{model}-fast", f"{model}-head-fast"} <= set(run.index):
+    run = _one_run(train, [f"{model}-fast", f"{model}-floor-fast"])
+    if not {f"{model}-fast", f"{model}-floor-fast"} <= set(run.index):
         return None
-    lora, head = run.loc[f"{model}-fast"], run.loc[f"{model}-head-fast"]
-    return {"file": lora["file"], "gpu": lora["gpu"], "lora_step_s": lora["step_s"], "head_step_s": head["step_s"],
-            "lora_tokens_per_s": lora["tokens_per_s"], "head_tokens_per_s": head["tokens_per_s"],
+    lora, head = run.loc[f"{model}-fast"], run.loc[f"{model}-floor-fast"]
+    return {"file": lora["file"], "gpu": lora["gpu"], "lora_step_s": lora["step_s"], "floor_step_s": head["step_s"],
+            "lora_tokens_per_s": lora["tokens_per_s"], "floor_tokens_per_s": head["tokens_per_s"],
             "adapter_share": 1 - head["step_s"] / lora["step_s"]}
 
 

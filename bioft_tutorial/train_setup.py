@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bioft_tutorial import distributed, models, packing
+from bioft_tutorial import distributed, fp8, models, packing
 from bioft_tutorial.attention import enable_packed_attention
 from bioft_tutorial.data import Examples, collate_padded, token_budget_batches
 
 log = logging.getLogger("bioft_tutorial.train")
-_CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
+_CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32", "fp8"),
             "batching": ("padded", "packed"), "parallel": ("ddp", "fsdp2"), "device": ("auto", "cpu", "cuda"),
             "best_metric": (None, "loss", "accuracy", "spearman")}
 
@@ -53,7 +53,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     best_metric: str | None = None  # None: "accuracy" (classification) or "spearman" (regression)
     load_best_at_end: bool = True
-    precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on a CPU
+    precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on a CPU; "fp8": bf16 + FP8 frozen linears (fp8.py)
     device: str = "auto"  # "auto" (the GPU of this rank if there is one), "cpu" or "cuda"
     batching: str = "padded"  # "padded" or "packed" (no padding, variable-length attention)
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp2" (bioft_tutorial.distributed)
@@ -194,15 +194,16 @@ class Run:
 def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval_set: Examples | None) -> Run:
     """Device, precision, batching, compilation, optimizer, schedule and (under ``torchrun``) DDP or FSDP2."""
     info = distributed.init_distributed(None if config.device == "auto" else config.device)
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
+    bf16 = config.precision == "bf16" or (config.precision in ("auto", "fp8") and info.device.type == "cuda")
     if config.checkpointing:
         models.enable_activation_checkpointing(model)
     model = model.to(info.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters; prepare it with lora.prepare_model(model, method)")
     if bf16:
         models.cast_frozen(model, torch.bfloat16)
+    if config.precision == "fp8":  # FP8 products for the frozen encoder linears; a warning where FP8 is missing
+        fp8.enable_fp8(model, info.device)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = 1 if pad_id is None else pad_id
     collate = lambda examples: collate_padded(examples, pad_id)  # noqa: E731
@@ -213,14 +214,15 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
                    else lambda examples: packing.collate_packed(examples, pad_token_id=pad_id))
     if config.compile is not None:
         models.compile_layers(model, backend=config.compile)
+    torch.manual_seed(config.seed)  # dropout (e.g. LoRA's) draws from here
+    net = distributed.wrap_model(model, info, config.parallel,  # FSDP2 replaces the parameters: wrap first
+                                 param_dtype=torch.bfloat16 if bf16 and config.parallel == "fsdp2" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases, norms
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True if info.device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.schedule))
-    torch.manual_seed(config.seed)  # dropout (e.g. LoRA's) draws from here
-    net = distributed.wrap_model(model, info, config.parallel,
-                                 param_dtype=torch.bfloat16 if bf16 and config.parallel == "fsdp2" else None)
     return Run(model, net, optimizer, scheduler, info.device, bf16, info.rank, info.world_size, collate,
                config.batching == "padded", config)
 

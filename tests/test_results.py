@@ -31,7 +31,8 @@ def gpu_dir(tmp_path):
     full = [_train_record(c, v) for c, v in (("650M-hf-trainer", 10.0), ("650M-fp32-padded", 5.0),
                                              ("650M-bf16-padded", 20.0), ("650M-bf16-packed", 25.0),
                                              ("650M-fast", 50.0), ("3B-fast", 8.0))]
-    full += [_train_record("650M-head-fast", 80.0, step_s=0.6), _train_record("650M-full-fast", 30.0)]
+    full += [_train_record("650M-head-fast", 90.0, step_s=0.4), _train_record("650M-floor-fast", 80.0, step_s=0.6),
+             _train_record("650M-full-fast", 30.0)]
     _write(tmp_path, "train-20260101T000000Z.json", full, "2026-01-01T00:00:00Z")
     newer = [_train_record("650M-fast", 500.0), _train_record("650M-hf-trainer", 1.0),
              _train_record("650M-bf16-padded", 0.0, error="RuntimeError: out of memory"),
@@ -43,7 +44,7 @@ def gpu_dir(tmp_path):
 
 def test_measured_leaves_out_smoke_cpu_failed_and_skipped(gpu_dir):
     df = results.measured("train", gpu_dir)
-    assert len(df) == 8 + 2  # the older run, and the newer one's two measured GPU records
+    assert len(df) == 9 + 2  # the older run, and the newer one's two measured GPU records
     assert set(df["file"]) == {"train-20260101T000000Z.json", "train-20260202T000000Z.json"}
     assert "35M-fast" not in set(df["case"]) and "8M-fast" not in set(df["case"])
     assert results.measured("train", gpu_dir / "missing").empty

@@ -457,12 +457,12 @@ def test_out_of_memory_halves_the_batch(toy, caplog):
     lm = KmerModel(k=3).fit(genome["chr1"])
     expected = score_variants(lm, genome, variants, window=40, progress=False)
     oom = Counting(lm, oom_above=3)
-    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.variants.scoring"):
+    with caplog.at_level(logging.WARNING, logger="bioft_tutorial.oom"):
         out = score_variants(oom, genome, variants, window=40, batch_size=16, progress=False)
     assert "out of memory with a batch of 16 windows; retrying with 8" in caplog.text
     assert "batch of 4 windows; retrying with 2" in caplog.text and max(oom.sizes) == 2
     assert np.array_equal(out[SCORES].to_numpy(), expected[SCORES].to_numpy())
-    with pytest.raises(RuntimeError, match="single window"):
+    with pytest.raises(RuntimeError, match="batch of one window: use a shorter window"):
         score_variants(Counting(lm, oom_above=0), genome, variants, window=40, batch_size=4, progress=False)
 
 
