@@ -115,20 +115,29 @@ def write_esm_folder(folder: Path, smoke: bool) -> Path:
     return folder
 
 
+def visible_gpus(count: int) -> list[int]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` (numbers, in PCI bus order, as NVML counts them
+    when ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), else all ``count``."""
+    wanted = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not wanted:
+        return list(range(count))
+    return [int(x) for x in wanted.split(",") if x.strip().isdigit() and int(x) < count]
+
+
 def gpu_memory_used() -> int | None:
-    """Bytes of device memory in use over all GPUs (NVML, else ``nvidia-smi``); ``None`` without a GPU."""
+    """Bytes of device memory in use over the visible GPUs (NVML, else ``nvidia-smi``); ``None`` without a GPU."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in visible_gpus(pynvml.nvmlDeviceGetCount())]
         return sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles)
     except Exception:  # noqa: BLE001 - no NVML binding or no driver: try the command line
         pass
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return sum(int(x) for x in out.split()) * 2**20
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        return sum(int(out[i]) for i in visible_gpus(len(out))) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
 
