@@ -78,6 +78,10 @@ CASES: list[Case] = [
     Case("650M-hf-trainer", precision="bf16", batching="padded", compile=None, runner="transformers.Trainer",
          est_s=25),
     Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=45),
+    Case("650M-fp8-fast", precision="fp8", est_s=50),  # the fast path with FP8 frozen linears (bioft_tutorial.fp8)
+    Case("3B-fp8-fast", model="3B", precision="fp8", checkpointing=True, token_budget=8192, est_s=55),
+    Case("650M-head-fp8-fast", method="head", precision="fp8", est_s=25),
+    Case("650M-floor-fp8-fast", method="head", floor=True, precision="fp8", est_s=25),
     Case("650M-fp32-padded", precision="fp32", batching="padded", compile=None, steps=8, warmup=2, est_s=25),
     Case("650M-bf16-padded", batching="padded", compile=None, est_s=25),
     Case("650M-bf16-packed", compile=None, est_s=20),
