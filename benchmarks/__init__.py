@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "evo2": "benchmarks.evo2:main",              # variants.score_variants with Evo 2 7B (chapter 4)
     "evo2-finetune": "benchmarks.evo2_finetune:main",  # embeddings and LoRA steps with Evo 2 7B (chapter 6)
     "notebooks": "benchmarks.notebooks:main",    # every notebook in the full profile, with papermill
+    "fp8-numerics": "benchmarks.fp8_numerics:main",  # train.train's loss curve with FP8 frozen linears vs bf16
 }
 
 

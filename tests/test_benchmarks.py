@@ -20,7 +20,8 @@ SMOKE_CASES = "650M-fast,650M-hf-trainer,650M-bf16-padded,650M-head-fast,650M-fl
 
 
 def test_every_command_is_registered_with_a_main():
-    assert set(COMMANDS) == {"train", "train-dist", "zero-shot", "evo2", "evo2-finetune", "notebooks"}
+    assert set(COMMANDS) == {"train", "train-dist", "zero-shot", "evo2", "evo2-finetune", "notebooks",
+                             "fp8-numerics"}
     for target in COMMANDS.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))

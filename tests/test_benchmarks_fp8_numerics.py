@@ -1,0 +1,68 @@
+"""benchmarks/fp8_numerics.py (FP8 against bf16 loss curves): the smoke run on the CPU, and the comparison and
+verdict against hand computations."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import fp8_numerics
+from bioft_tutorial import results
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_three_precisions_on_the_same_batches(tmp_path):
+    records = fp8_numerics.main(["--smoke", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("fp8-numerics-smoke-*.json")
+    stored = {r["precision"]: r for r in json.loads(path.read_text())["results"]}
+    assert [r["precision"] for r in records] == ["bf16", "fp32", "fp8"] and set(stored) == {"bf16", "fp32", "fp8"}
+    for r in stored.values():
+        assert "error" not in r, r
+        assert r["smoke"] and r["model"] == "tiny" and r["data"] == "FLIP secondary structure"
+        assert len(r["loss_curve"]) == r["steps"] and np.isfinite(r["loss_curve"]).all()
+    assert len(stored["fp32"]["loss_curve"]) == 3 and len(stored["fp8"]["loss_curve"]) == 6
+    # FP8 is off on the CPU: the fp8 run is the fp32 path, so it starts exactly where fp32 does; no verdict
+    assert stored["fp8"]["fp8_layers"] == 0 and stored["fp8"]["within_tolerance"] is None
+    assert stored["fp8"]["loss_curve"][:3] == stored["fp32"]["loss_curve"]
+    bf16, fp32 = np.array(stored["bf16"]["loss_curve"]), np.array(stored["fp32"]["loss_curve"])
+    assert stored["fp32"]["max_rel_diff"] == pytest.approx(np.max(np.abs(fp32 - bf16[:3]) / bf16[:3]))
+    assert results.measured("fp8-numerics", tmp_path).empty  # smoke records are never shown as GPU results
+
+
+def test_relative_differences_against_a_hand_computation():
+    compared = fp8_numerics.compare(np.array([1.1, 0.9, 1.0]), np.array([1.0, 1.0, 0.8, 0.7]), first=2)
+    assert compared["compared_steps"] == 3
+    assert compared["max_rel_diff"] == pytest.approx(0.25)  # |1.0 - 0.8| / 0.8
+    assert compared["mean_rel_diff"] == pytest.approx((0.1 + 0.1 + 0.25) / 3)
+    assert compared["mean_rel_diff_first"] == pytest.approx(0.1)
+
+
+def _curves(fp8_offset: float, early_scale: float = 1.0) -> dict[str, np.ndarray]:
+    steps = np.arange(60)
+    bf16 = 1.0 + 0.1 * np.exp(-steps / 20) + 0.02 * np.sin(steps)  # a decaying loss with batch-to-batch scatter
+    fp32 = bf16[:10] * (1 + 1e-3 * (-1) ** np.arange(10))  # 0.1% from bf16 over the first 10 steps
+    fp8 = bf16 * (1 + early_scale * 1e-2 * (-1) ** steps) + fp8_offset
+    return {"bf16": bf16, "fp32": fp32, "fp8": fp8}
+
+
+def test_verdict_passes_fp8_that_only_adds_its_rounding():
+    judged = fp8_numerics.verdict(_curves(0.0), first=10, window=20)
+    assert judged["early_ratio"] == pytest.approx(10.0, rel=1e-3)  # 1% against 0.1%
+    assert judged["end_rel_diff"] < 1e-3 and judged["within_tolerance"] is True
+    scatter = np.diff(_curves(0.0)["bf16"][-20:]).std() / np.sqrt(2) / _curves(0.0)["bf16"][-20:].mean()
+    assert judged["loss_noise"] == pytest.approx(scatter)
+
+
+@pytest.mark.parametrize("offset, early_scale, failed", [(0.02, 1.0, "end_ok"), (0.0, 4.0, "early_ratio_ok")])
+def test_verdict_fails_a_shifted_end_or_an_early_deviation_past_the_ratio(offset, early_scale, failed):
+    judged = fp8_numerics.verdict(_curves(offset, early_scale), first=10, window=20)
+    assert judged["within_tolerance"] is False and judged["checks"][failed] is False
+    curves = _curves(0.0)
+    curves["fp8"][5] = np.nan
+    assert fp8_numerics.verdict(curves, first=10, window=20)["checks"]["finite"] is False
+
+
+def test_bad_step_counts_are_refused():
+    with pytest.raises(SystemExit):
+        fp8_numerics.parse_args(["--steps", "20", "--fp32-steps", "30"])
