@@ -102,7 +102,7 @@ def test_coverage_on_simulated_data():
         right = rng.random(chains.size) < np.repeat(chain_accuracy.rvs(60, random_state=rng), lengths)
         ci = intervals.q3_interval(np.ones(chains.size, int), right.astype(int), chains, n_resamples=1000, seed=sim)
         covered["q3"] += ci.low <= 2 / 3 <= ci.high
-    coverage = {name: count / n_sims for name, count in covered.items()}
+    coverage = {name: round(float(count) / n_sims, 3) for name, count in covered.items()}
     print("coverage of 95 % intervals over", n_sims, "simulations:", coverage)
     for name, value in coverage.items():
         assert 0.90 <= value <= 0.99, (name, value)
