@@ -1,6 +1,9 @@
 """FP8 for the frozen encoder linears (bioft_tutorial.fp8) on the CPU: which layers convert, what stays as it
 was, the products against FP8 rounding done by hand (torchao's emulation), and the clean fall-back where a
-device has no FP8 (the CPU, GPUs older than compute capability 8.9)."""
+device has no FP8 (the CPU, GPUs older than compute capability 8.9).
+
+The conversion tests need torchao (the ``fp8`` extra) and are skipped without it; the choice of layers, the
+fall-back, the error without torchao and the settings run everywhere."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +16,7 @@ import torch
 
 from bioft_tutorial import data, fp8, lora, models, train
 
+NO_TORCHAO = "torchao is not installed (pip install 'bioft-tutorial[fp8]'): the FP8 conversion is not tested"
 ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                    "intermediate.dense", "output.dense")
 
@@ -43,7 +47,7 @@ def test_exactly_the_frozen_encoder_linears_are_chosen():
 
 
 def test_conversion_leaves_adapters_head_and_weights_as_they_were():
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason=NO_TORCHAO)
     model = _tiny("lora")
     before = {name: p for name, p in model.named_parameters()}
     names = fp8.convert_frozen_linears(model, emulate=True)
@@ -60,7 +64,7 @@ def test_conversion_leaves_adapters_head_and_weights_as_they_were():
 
 def test_fp8_products_match_hand_rounded_operands():
     """Forward ``x W^T + b`` with x and W rounded to e4m3; input gradient ``dy W`` with dy in e5m2."""
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason=NO_TORCHAO)
     model = _tiny("head")
     fp8.convert_frozen_linears(model, emulate=True)
     linear = model.esm.encoder.layer[0].intermediate.dense
@@ -80,7 +84,7 @@ def test_fp8_products_match_hand_rounded_operands():
 def test_fp8_model_stays_near_fp32_with_about_the_error_fp8_rounding_predicts():
     """Final hidden states of the tiny model: FP8 (e4m3, 4 significant bits) errs more than bf16 (8 bits), but
     not wildly more than the 2**4 ratio of their precisions says."""
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason=NO_TORCHAO)
     reference = _tiny("head").eval()
     converted = copy.deepcopy(reference)
     fp8.convert_frozen_linears(converted, emulate=True)
@@ -115,7 +119,7 @@ def test_on_a_cpu_fp8_is_off_with_a_warning_and_trains_in_fp32(flip_chains, tmp_
 def test_train_with_fp8_emulated_tracks_fp32(flip_chains, tmp_path, monkeypatch, one_thread):
     """train.train with precision='fp8' where FP8 is pretended (emulated on the CPU), compiled like the fast path:
     the frozen linears compute in FP8 and the losses stay within 0.5% of fp32's."""
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason=NO_TORCHAO)
     monkeypatch.setattr(fp8, "fp8_unavailable", lambda device: None)
     model = _tiny("lora")
     torch._dynamo.reset()
@@ -145,7 +149,7 @@ def test_missing_torchao_gets_our_error_with_the_install_line(monkeypatch):
 
 
 def test_full_fine_tuning_has_nothing_to_convert(monkeypatch, caplog):
-    pytest.importorskip("torchao.float8")
+    pytest.importorskip("torchao.float8", reason=NO_TORCHAO)
     monkeypatch.setattr(fp8, "fp8_unavailable", lambda device: None)
     with caplog.at_level(logging.WARNING, logger="bioft_tutorial.fp8"):
         assert fp8.enable_fp8(_tiny("full"), "cpu") is False

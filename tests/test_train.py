@@ -137,7 +137,7 @@ def test_evaluate_matches_sklearn_on_model_predictions(ss_small):
     ("learning_rate", 0.0, "learning_rate"), ("learning_rate", -1e-3, "learning_rate"),
     ("max_steps", 0, "max_steps"), ("token_budget", 0, "token_budget"), ("grad_accum_steps", 0, "grad_accum"),
     ("warmup_steps", 10, "warmup_steps"), ("min_token_budget", 10**6, "min_token_budget"),
-    ("schedule", "step", "schedule"), ("precision", "fp8", "precision"), ("batching", "bucket", "batching"),
+    ("schedule", "step", "schedule"), ("precision", "fp16", "precision"), ("batching", "bucket", "batching"),
     ("early_stopping_patience", 0, "early_stopping"), ("max_grad_norm", 0.0, "max_grad_norm"),
 ])
 def test_bad_config_values_are_named(field, value, match):
