@@ -11,10 +11,11 @@ initial weights over the same batches (same seed), three times:
 * ``precision="fp8"`` for ``--steps`` steps (:mod:`bioft_tutorial.fp8`).
 
 The learning rate is constant after a ``--warmup``-step ramp, so the shorter fp32 run follows the same schedule
-as the others. The fp32 run is not compiled (packed fp32 attention runs chain by chain; see :func:`_backend`). Each run's record holds its loss curve (``loss_curve``: nats per labelled residue, one value per
-step, the loss of that step's batch before the update) and its speed; the fp8 and fp32 records hold their
-per-step relative difference from bf16, ``|L - L_bf16| / L_bf16``: ``max_rel_diff``, ``mean_rel_diff`` (all
-common steps) and ``mean_rel_diff_first`` (the fp32 run's steps), and the fp8 record the verdict.
+as the others; the fp32 run is not compiled (packed fp32 attention runs chain by chain; see :func:`_backend`).
+Each run's record holds its loss curve (``loss_curve``: nats per labelled residue, one value per step, the loss
+of that step's batch before the update) and its speed; the fp8 and fp32 records hold their per-step relative
+difference from bf16, ``|L - L_bf16| / L_bf16``: ``max_rel_diff``, ``mean_rel_diff`` (all common steps) and
+``mean_rel_diff_first`` (the fp32 run's steps), and the fp8 record the verdict.
 
 Tolerance, fixed before any run (stored with the verdict as ``within_tolerance`` and ``tolerance``):
 
