@@ -124,7 +124,7 @@ def build_model(case: Case, smoke: bool, seed: int, device: torch.device) -> tor
     become fp32 in ``train.train``).
     """
     config = models.tiny_esm2_config() if smoke else models.esm2_config(case.model)
-    bf16 = case.runner == "train.train" and case.precision == "bf16" and case.method != "full"
+    bf16 = case.runner == "train.train" and case.precision in ("bf16", "fp8") and case.method != "full"
     model = models.random_esm2(config, task="token", num_labels=3, seed=seed, device=device,
                                dtype=torch.bfloat16 if bf16 else torch.float32)
     model = lora.prepare_model(model, case.method, lora.esm2_lora_config(r=8) if case.method == "lora" else None)

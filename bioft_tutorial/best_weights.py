@@ -35,7 +35,7 @@ class Best:
     def evaluate(self, run: Run, eval_set: Examples, state: LoopState, config: TrainConfig) -> dict:
         """Evaluate; keep a copy of the weights on a new best. Returns the ``eval_*`` columns of the step."""
         scores = evaluate(run.model, eval_set, token_budget=config.token_budget, device=run.device, bf16=run.bf16,
-                          collate=run.collate, padded=run.padded)
+                          collate=run.collate, padded=run.padded, max_examples=run.max_examples)
         value = scores[self.metric] if self.metric == "loss" else -scores[self.metric]  # lower is better
         tensors = ckpt.trainable_tensors(run.model)  # a collective under FSDP2: every process takes part
         if not math.isfinite(value):
@@ -68,5 +68,9 @@ class Best:
 
     def load_into(self, model: torch.nn.Module) -> None:
         """Copy the best weights into ``model`` (from memory, or from ``folder`` after a resume)."""
+        if self.tensors is None and not (self.folder / "tensors.safetensors").exists():
+            log.warning("the best weights were not kept (a resumed run with save_best=False): the model keeps its "
+                        "last weights")
+            return
         tensors = self.tensors if self.tensors is not None else ckpt.load_checkpoint(self.folder)[0]
         ckpt.load_trainable(model, tensors)

@@ -10,9 +10,10 @@ environment. Two ways to split the work:
   layer's weights and gathers a layer only while it runs. Use it when the weights do not fit one GPU
   (ESM-2 15B, or full fine-tuning of 3B).
 
-With either, the global batch is split by rows (:func:`rank_rows`) and the loss is a token **sum** divided
-by the global number of labelled tokens (:func:`token_loss`), so that N processes compute exactly the
-gradient of one process on the whole global batch.
+With either, each process takes its share of the step's batches and the loss is a token **sum** divided by
+the labelled tokens of the whole step on all processes, times ``world_size`` (the wrappers *average*
+gradients): N processes then compute exactly the gradient of one process on the whole step
+(:func:`bioft_tutorial.train.train_step`).
 
 Copy this module with only ``torch`` beside it.
 """
@@ -22,12 +23,11 @@ import contextlib
 import datetime as _dt
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 #: Environment for NCCL on shared multi-GPU hosts: NVLink multicast (NVLS / symmetric memory) stays off.
@@ -152,48 +152,6 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
             model.set_requires_gradient_sync(True)
     else:
         yield
-
-
-def rank_rows(rows: Sequence, info: DistInfo) -> list:
-    """This process's share of a global batch: rows ``rank, rank + N, ...``.
-
-    Raises:
-        ValueError: fewer rows than processes (a process would have nothing to do).
-    """
-    if len(rows) < info.world_size:
-        raise ValueError(f"a global batch of {len(rows)} rows cannot feed {info.world_size} processes; "
-                         "make the global batch at least one row per process")
-    return list(rows[info.rank::info.world_size])
-
-
-def all_reduce_sum(value: float | torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum of ``value`` over all processes (returned as a float64 tensor on ``info.device``)."""
-    t = torch.as_tensor(value, dtype=torch.float64, device=info.device).clone()
-    if info.is_distributed:
-        dist.all_reduce(t)
-    return t
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, n_tokens_global: int | torch.Tensor,
-               info: DistInfo) -> torch.Tensor:
-    """Cross-entropy summed over this process's labelled tokens, divided by the global count.
-
-    DDP and FSDP2 *average* gradients over processes, so the result is multiplied by ``world_size``:
-    after the average, the gradient is that of the mean loss over every labelled token of the global
-    batch, whatever the split of tokens between processes and micro-steps.
-
-    Args:
-        logits: ``(..., C)`` scores.
-        labels: ``(...)`` class ids, ``-100`` where nothing is learned.
-        n_tokens_global: labelled tokens of the whole global batch (all processes, all micro-steps).
-        info: from :func:`init_distributed`.
-
-    Returns:
-        Scalar tensor: ``sum(CE) * world_size / n_tokens_global`` (nats per token after averaging).
-    """
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
-                            ignore_index=-100, reduction="sum")
-    return total * (info.world_size / float(n_tokens_global))
 
 
 def interconnect() -> dict:

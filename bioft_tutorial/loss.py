@@ -2,16 +2,14 @@
 
 A sum, not a mean: a step divides it by the labelled targets of the whole step (every micro-batch, every
 process), so the gradient is the same however the step is cut into batches or spread over GPUs.
-Needs only torch.
+Needs only torch (and the label convention of :mod:`bioft_tutorial.data`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-#: Label of a position that carries no target (special tokens, unresolved residues, padding); PyTorch's
-#: cross-entropy skips it.
-IGNORE_INDEX = -100
+from bioft_tutorial.data import IGNORE_INDEX  # -100: no target here; PyTorch's cross-entropy skips it
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

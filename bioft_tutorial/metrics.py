@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-IGNORE_INDEX = -100
+from bioft_tutorial.data import IGNORE_INDEX  # -100: a position to ignore
 
 
 def _valid(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

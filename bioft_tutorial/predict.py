@@ -34,14 +34,15 @@ def _per_example(logits: torch.Tensor, batch: dict, n: int) -> list[torch.Tensor
 
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, device=None, bf16: bool | None = None,
-                    collate: Callable | None = None, padded: bool = True, shard: bool = True
-                    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+                    collate: Callable | None = None, padded: bool = True, shard: bool = True,
+                    max_examples: int | None = None) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Run ``model`` in eval mode over ``data`` in length-sorted batches of at most ``token_budget`` tokens.
 
     ``bf16=None`` runs under bf16 autocast exactly when the model holds bf16 weights (e.g. after
     :func:`bioft_tutorial.train.train` on a GPU stored its frozen weights in bf16). Under ``torchrun`` with
     ``shard=True`` each rank takes every ``world_size``-th batch. A batch that runs out of GPU memory is
-    split in halves (logged).
+    split in halves (logged). ``max_examples`` caps the examples per batch (packed rows: see
+    :func:`bioft_tutorial.packing.chains_per_row`).
 
     Yields:
         ``(indices, logits)``: indices into ``data`` and one float32 CPU tensor per example, ``(L_i, C)``
@@ -66,7 +67,9 @@ def predict_batches(model: torch.nn.Module, data, *, token_budget: int = 16384, 
     was_training = model.training
     model.eval()
     try:
-        for planned in token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False)[rank::world]:
+        plan = token_budget_batches(examples.lengths, token_budget, padded=padded, shuffle=False,
+                                    max_examples=max_examples)
+        for planned in plan[rank::world]:
             for indices, logits in halving_batches(run, planned, len(planned), "sequence", _ADVICE):
                 yield indices, logits
     finally:

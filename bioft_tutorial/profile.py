@@ -65,8 +65,8 @@ class Profile:
         """One line for the top of a page: which profile produced the outputs below."""
         if self.is_smoke:
             return (
-                "Outputs on this page come from the SMOKE profile: tiny random-weight ESM-2 models and a k-mer DNA "
-                "model on a CPU. "
+                "Outputs on this page come from the SMOKE profile: tiny random-weight models of the real architectures "
+                "(ESM-2, a small DNA transformer) and a k-mer DNA model, on a CPU. "
                 "They show that the code runs and that a model learns; they are not results. "
                 "Run with BIOFT_PROFILE=full on a GPU for real numbers."
             )
@@ -75,9 +75,10 @@ class Profile:
             f"Evo 2 model {self.evo2_model}."
         )
 
-    def show(self) -> "ProfileBanner":
-        """A display object for notebooks: ``P.show()`` as the last line of a cell renders the banner."""
-        return ProfileBanner(self)
+    def show(self, **models) -> "ProfileBanner":
+        """A display object for notebooks, the last line of a cell: ``profile.show(esm_model=model_name)``
+        renders the banner with the model the page really runs (a papermill parameter may have changed it)."""
+        return ProfileBanner(replace(self, **models))
 
 
 class ProfileBanner:

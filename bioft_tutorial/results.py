@@ -123,6 +123,26 @@ def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
             "adapter_share": 1 - head["step_s"] / lora["step_s"]}
 
 
+def fp8_table(train: pd.DataFrame) -> pd.DataFrame:
+    """FP8 frozen linears against bf16 on the fast path, pairs from one run: ``<name>-fast`` and ``<name>-fp8-fast``.
+
+    Rows: each pair found (e.g. ``650M``, ``650M-floor``, ``3B``); columns: bf16 and FP8 real tokens/s and
+    their ratio. ``table.attrs["file"]`` names the run.
+    """
+    if train.empty or "case" not in train:
+        return pd.DataFrame()
+    pairs = [c.removesuffix("-fp8-fast") for c in train["case"].unique() if str(c).endswith("-fp8-fast")]
+    run = _one_run(train, [f"{p}-fast" for p in pairs] + [f"{p}-fp8-fast" for p in pairs])
+    rows = {p: {"bf16 tokens/s": run.loc[f"{p}-fast", "tokens_per_s"], "fp8 tokens/s": run.loc[f"{p}-fp8-fast", "tokens_per_s"]}
+            for p in pairs if {f"{p}-fast", f"{p}-fp8-fast"} <= set(run.index)}
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).T
+    table["fp8 / bf16"] = table["fp8 tokens/s"] / table["bf16 tokens/s"]
+    table.attrs["file"] = run["file"].iloc[0]
+    return table
+
+
 def family_table(train: pd.DataFrame) -> pd.DataFrame:
     """LoRA on the fast path per ESM-2 size (newest record of each): tokens/s, peak memory, MFU, settings."""
     if train.empty:

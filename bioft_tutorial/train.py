@@ -136,7 +136,7 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
         log.info("starting at step %d (resume=True)", state.step)
     history = History(out / "history.jsonl", keep_until=state.step, write=run.rank == 0)
     metric = config.best_metric or ("spearman" if train_set.regression else "accuracy")
-    best = Best(out / "best", metric, write=run.rank == 0)
+    best = Best(out / "best", metric, write=run.rank == 0 and config.save_best)
     bar = tqdm(total=config.max_steps, initial=state.step, disable=not config.progress or run.rank != 0,
                desc="train", mininterval=1.0)
     hook = run.model.register_forward_pre_hook(  # training forwards only, not evaluation

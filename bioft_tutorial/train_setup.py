@@ -18,7 +18,7 @@ import torch
 
 from bioft_tutorial import distributed, fp8, models, packing
 from bioft_tutorial.attention import enable_packed_attention
-from bioft_tutorial.data import Examples, collate_padded, token_budget_batches
+from bioft_tutorial.data import IGNORE_INDEX, Examples, collate_padded, token_budget_batches
 
 log = logging.getLogger("bioft_tutorial.train")
 _CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32", "fp8"),
@@ -50,6 +50,7 @@ class TrainConfig:
     eval_every: int | None = 250
     save_every: int | None = 250
     keep_checkpoints: int = 1  # training states kept besides best/ (full fine-tuning of 650M: 7.8 GB each)
+    save_best: bool = True  # write the best weights to best/; False keeps them in host memory only
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     best_metric: str | None = None  # None: "accuracy" (classification) or "spearman" (regression)
     load_best_at_end: bool = True
@@ -153,7 +154,7 @@ def _check_labels(model: torch.nn.Module, examples: Examples) -> None:
         raise ValueError(f"{examples.name} has float targets (regression) but the model has num_labels={num_labels}; "
                          "load it with num_labels=1, or give integer class ids")
     if not examples.regression:
-        wrong = values[(values != -100) & ((values < 0) | (values >= max(num_labels, 2)))]
+        wrong = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= max(num_labels, 2)))]
         if num_labels == 1 or wrong.size:
             raise ValueError(f"{examples.name} has integer labels (e.g. {int(wrong[0] if wrong.size else values[0])}) "
                              f"that a model with num_labels={num_labels} cannot predict: for regression give float "
@@ -176,6 +177,7 @@ class Run:
     collate: Callable[[list[dict]], dict]
     padded: bool
     config: TrainConfig
+    max_examples: int | None = None  # per batch (packed rows: see packing.chains_per_row)
     plans: dict = field(default_factory=dict)
 
     def oom_floor(self, planned: list[list[int]], examples: Examples) -> int:
@@ -195,6 +197,10 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
     """Device, precision, batching, compilation, optimizer, schedule and (under ``torchrun``) DDP or FSDP2."""
     info = distributed.init_distributed(None if config.device == "auto" else config.device)
     bf16 = config.precision == "bf16" or (config.precision in ("auto", "fp8") and info.device.type == "cuda")
+    if config.compile is not None and info.device.type == "cuda" and not bf16:
+        raise ValueError("compile with packed rows runs on a GPU in bf16 only: fp32 attention goes chain by chain, "
+                         "and the compiled layer would recompile for every chain length. Use precision='bf16' "
+                         "(or 'auto'), or compile=None for an fp32 reference run")
     if config.checkpointing:
         models.enable_activation_checkpointing(model)
     model = model.to(info.device)
@@ -206,11 +212,11 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
         fp8.enable_fp8(model, info.device)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = 1 if pad_id is None else pad_id
-    collate = lambda examples: collate_padded(examples, pad_id)  # noqa: E731
+    collate, max_examples = (lambda examples: collate_padded(examples, pad_id)), None  # noqa: E731
     if config.batching == "packed":
         enable_packed_attention(model)
-        shortest = min(int(x.lengths.min()) for x in (train_set, eval_set) if x is not None and len(x))
-        collate = (packing.static_collate(config.token_budget, shortest, pad_id) if config.compile is not None
+        max_examples = packing.chains_per_row(config.token_budget)
+        collate = (packing.static_collate(config.token_budget, max_examples, pad_id) if config.compile is not None
                    else lambda examples: packing.collate_packed(examples, pad_token_id=pad_id))
     if config.compile is not None:
         models.compile_layers(model, backend=config.compile)
@@ -224,7 +230,7 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.schedule))
     return Run(model, net, optimizer, scheduler, info.device, bf16, info.rank, info.world_size, collate,
-               config.batching == "padded", config)
+               config.batching == "padded", config, max_examples)
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -236,7 +242,8 @@ def next_batches(run: Run, examples: Examples, state: LoopState, config: TrainCo
     def plan(epoch: int) -> list[list[int]]:
         if epoch not in run.plans:
             run.plans = {epoch: token_budget_batches(examples.lengths, config.token_budget, padded=run.padded,
-                                                     seed=config.seed * 100_003 + epoch)}
+                                                     seed=config.seed * 100_003 + epoch,
+                                                     max_examples=run.max_examples)}
         return run.plans[epoch]
 
     if state.position + need > len(plan(state.epoch)):

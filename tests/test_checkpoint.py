@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioft_tutorial import checkpoint, data, lora, models, train
+from bioft_tutorial import checkpoint, data, lora, models, predict, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,3 +117,12 @@ def test_a_safetensors_error_about_space_is_a_disk_full_error(tmp_path, monkeypa
     with pytest.raises(checkpoint.DiskFullError):
         checkpoint.save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(3)}, {"step": 1})
     assert not list(tmp_path.iterdir())
+
+
+def test_save_best_false_writes_nothing_and_still_restores_the_best(chains, tmp_path):
+    model = _model("full")
+    result = train.train(model, *chains, _config(tmp_path, eval_every=1, save_every=None, save_best=False))
+    assert not (tmp_path / "best").exists() and not (tmp_path / "checkpoints").exists()
+    assert result.best_step is not None
+    again = predict.evaluate(model, chains[1], token_budget=512)["accuracy"]  # the restored best weights
+    assert again == pytest.approx(result.best_metric)

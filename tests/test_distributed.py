@@ -27,25 +27,18 @@ Legend:
 
 
 
-def test_token_loss_makes_the_average_a_global_mean():
-    """Two processes' scaled losses, averaged (as DDP does), equal the mean over all tokens of both."""
+def test_summed_loss_times_world_size_averages_to_the_global_mean():
+    """train_step's scaling: each process's summed loss x world_size / (targets of all processes), averaged over
+    processes (as DDP does with gradients), is the mean over every labelled token of both."""
+    from bioft_tutorial.loss import loss_sum
+
     torch.manual_seed(0)
     logits, labels = torch.randn(2, 7, 3), torch.randint(0, 3, (2, 7))
     labels[0, :2] = -100
     n = int((labels != -100).sum())
-    ranks = [distributed.token_loss(logits[r], labels[r], n, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    ranks = [loss_sum(logits[r], labels[r]) * 2 / n for r in range(2)]
     expected = F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close((ranks[0] + ranks[1]) / 2, expected)
-    alone = distributed.token_loss(logits, labels, n, DistInfo())
-    torch.testing.assert_close(alone, expected)
-
-
-def test_rank_rows():
-    rows = list("abcde")
-    assert distributed.rank_rows(rows, DistInfo(rank=1, world_size=2)) == ["b", "d"]
-    assert distributed.rank_rows(rows, DistInfo()) == rows
-    with pytest.raises(ValueError, match="at least one row per process"):
-        distributed.rank_rows(rows[:1], DistInfo(rank=0, world_size=2))
 
 
 def test_parse_topology():

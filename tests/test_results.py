@@ -106,3 +106,13 @@ def test_find_results_dir_from_a_subfolder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "notebooks")
     assert results.find_results_dir() == tmp_path / "book" / "results" / "gpu"
     assert results.find_results_dir(tmp_path) == tmp_path
+
+
+def test_fp8_pairs_come_from_one_run_with_their_ratio(gpu_dir):
+    records = [_train_record(c, v) for c, v in (("650M-fast", 80.0), ("650M-fp8-fast", 60.0), ("3B-fast", 20.0),
+                                                ("3B-fp8-fast", 25.0), ("650M-head-fp8-fast", 9.0))]
+    _write(gpu_dir, "train-20260404T000000Z.json", records, "2026-04-04T00:00:00Z")
+    table = results.fp8_table(results.measured("train", gpu_dir))
+    assert table.attrs["file"] == "train-20260404T000000Z.json" and list(table.index) == ["650M", "3B"]
+    assert table.loc["3B", "fp8 / bf16"] == pytest.approx(25.0 / 20.0)  # 650M-head has no bf16 pair in that run
+    assert results.fp8_table(pd.DataFrame()).empty

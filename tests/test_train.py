@@ -327,7 +327,7 @@ def test_prediction_of_a_long_chain_with_bf16_frozen_weights(tokenizer):
 def test_static_collate_uses_few_row_sizes():
     from bioft_tutorial import packing
 
-    collate = packing.static_collate(token_budget=4096, shortest_chain=22)
+    collate = packing.static_collate(token_budget=4096, max_chains=40)
     shapes = set()
     for n_chains, length in ((1, 30), (3, 500), (9, 450), (40, 22), (2, 1024)):
         batch = collate([{"input_ids": [0] + [5] * (length - 2) + [2], "labels": [-100] * length}] * n_chains)
@@ -335,8 +335,27 @@ def test_static_collate_uses_few_row_sizes():
         assert int(batch["cu_seq_lens_q"][-1]) == batch["input_ids"].shape[1]
         shapes.add((batch["input_ids"].shape[1], batch["cu_seq_lens_q"].shape[0]))
     assert {s[0] for s in shapes} <= {1024, 2048, 4096} and len({s[1] for s in shapes}) == 1
-    with pytest.raises(ValueError, match="shortest_chain=0"):
+    with pytest.raises(ValueError, match="max_chains=0"):
         packing.static_collate(4096, 0)
+
+
+def test_packed_batches_hold_at_most_one_chain_per_128_tokens(tmp_path):
+    """Rows of many short chains are cut at packing.chains_per_row, so that cu_seq_lens stays short; every
+    chain is still trained on, and the compiled path sees one cu_seq_lens size."""
+    from bioft_tutorial import packing
+
+    lengths = np.r_[np.full(300, 12), np.full(20, 900)]  # many tiny chains and a few long ones
+    batches = data.token_budget_batches(lengths, 4096, padded=False, seed=1, max_examples=32)
+    assert max(len(b) for b in batches) == 32 and sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(lengths[b].sum() <= 4096 for b in batches)
+    assert packing.chains_per_row(16384) == 128 and packing.chains_per_row(64) == 1
+    chains = [{"input_ids": [0, *([5] * (n - 2)), 2], "labels": [-100, *([1] * (n - 2)), -100]} for n in lengths]
+    model = _tiny("lora")
+    config = train.TrainConfig(output_dir=str(tmp_path), max_steps=3, warmup_steps=0, token_budget=4096,
+                               min_token_budget=1024, eval_every=None, save_every=None, batching="packed",
+                               compile="aot_eager", progress=False, device="cpu")
+    result = train.train(model, chains, None, config)
+    assert result.history["loss"].notna().all() and len(result.history) == 3
 
 
 def test_compile_needs_packed_batches(tmp_path):
@@ -426,7 +445,7 @@ def test_three_compiled_models_in_one_process_stay_compiled(tmp_path, monkeypatc
     # every layer call of every model ran the same number of compiled pieces (the CPU's per-chain attention
     # splits a layer into a few graphs); none ran eagerly
     assert per_call[0] >= 1 and per_call == [per_call[0]] * 3, per_call
-    assert sum(new_graphs) > 8 and max(new_graphs[1:]) <= 16, new_graphs
+    assert sum(new_graphs) > 8 and max(new_graphs[1:]) <= 24, new_graphs  # CPU attention: a few pieces per shape
     torch._dynamo.reset()
 
 

@@ -18,7 +18,7 @@ MAX_RESIDUES = 1022
 
 
 def token_budget_batches(lengths, token_budget: int, *, padded: bool = True, shuffle: bool = True,
-                         seed: int = 0) -> list[list[int]]:
+                         seed: int = 0, max_examples: int | None = None) -> list[list[int]]:
     """Length-bucketed batches under a token budget.
 
     Examples are sorted by length (ties broken at random), cut greedily into batches whose cost stays
@@ -31,6 +31,8 @@ def token_budget_batches(lengths, token_budget: int, *, padded: bool = True, shu
         padded: cost with padding (``True``) or packed without padding (``False``).
         shuffle: random tie-breaks and batch order (``False``: sorted, deterministic, for evaluation).
         seed: seed of that randomness; same seed, same batches.
+        max_examples: at most this many examples per batch (packed rows: fewer chains per row keep the
+            variable-length attention's grid small).
 
     Returns:
         Lists of example indices, one per batch.
@@ -52,7 +54,7 @@ def token_budget_batches(lengths, token_budget: int, *, padded: bool = True, shu
     for i in np.lexsort((tie, lengths)):
         n = int(lengths[i])
         cost = (len(current) + 1) * max(longest, n) if padded else total + n
-        if current and cost > token_budget:
+        if current and (cost > token_budget or len(current) == (max_examples or len(current) + 1)):
             batches.append(current)
             current, longest, total = [], 0, 0
         current.append(int(i))
