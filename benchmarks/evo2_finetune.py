@@ -33,7 +33,6 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

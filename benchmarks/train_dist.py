@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class DistCase:
-    """A model, a strategy and the ``TrainConfig`` knobs of both runs."""
+    """A model, a way to spread it over GPUs (``TrainConfig.parallel``) and the knobs of both runs."""
 
     name: str
     model: str
-    strategy: str  # "ddp" or "fsdp2"
+    parallel: str  # "ddp" or "fsdp2"
     compile: str | None = None
     checkpointing: bool = False
     token_budget: int = 16384
@@ -108,7 +108,7 @@ def worker(args: argparse.Namespace) -> list[dict]:
     for case in _cases(args):
         free_memory(info.device)
         try:
-            run = _run(case, args, info.device, info.world_size, 1, case.strategy)
+            run = _run(case, args, info.device, info.world_size, 1, case.parallel)
             peak = torch.tensor(memory_stats(info.device)["peak_mem_gib"] or 0.0, device=info.device)
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
             record = {"case": case.name, **run, "peak_mem_gib": round(float(peak), 2) if peak else None}

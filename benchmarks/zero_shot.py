@@ -23,7 +23,6 @@ from bioft_tutorial import data, models, zero_shot
 
 COMMAND = "zero-shot"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-METHODS = ("wt-marginal", "masked-marginal")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       "parameters": sum(p.numel() for p in model.parameters()), "smoke": args.smoke}
             suffix = "" if dtype == fast else f" ({name} baseline)"
             cases = {f"{m}{suffix}": (lambda m=m: _scoring(model, tok, wt_seq, mutants, m, args, device))
-                     for m in METHODS}
+                     for m in zero_shot.SCORING_METHODS}
             if dtype == fast:
                 cases["naive masked (baseline)"] = lambda: _naive(model, tok, wt_seq, mutants, args, device)
             for case, fn in cases.items():

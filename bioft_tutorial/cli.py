@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 TABLE_FORMATS = (".csv", ".tsv", ".parquet")
 FINETUNE_FORMAT = "bioft-finetune/1"
 EXAMPLES = {
@@ -131,7 +131,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
     else:
         payload = df.to_csv(sep="\t" if path.suffix.lower() == ".tsv" else ",", index=keep_index).encode()
     atomic_write_bytes(path, payload)
-    logger.info("wrote %d rows to %s", len(df), path)
+    log.info("wrote %d rows to %s", len(df), path)
 
 
 def _device(name: str | None) -> str:
@@ -211,7 +211,7 @@ def finetune(args: argparse.Namespace) -> None:
     result = train.train(net, examples[0], examples[1], config)
     meta["adapter"] = "best/adapter"
     if not (out / meta["adapter"] / "adapter_config.json").is_file():  # no evaluation gave a finite metric
-        logger.warning("no evaluation gave a finite %s; saving the final weights as %s/final/adapter", result.metric, out)
+        log.warning("no evaluation gave a finite %s; saving the final weights as %s/final/adapter", result.metric, out)
         net.save_pretrained(str(out / "final" / "adapter"))
         meta["adapter"] = "final/adapter"
     meta.update(best_step=result.best_step, metric=result.metric, best_metric=result.best_metric)

@@ -95,14 +95,14 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", *,
+def wrap_model(model: nn.Module, info: DistInfo, parallel: str = "ddp", *,
                param_dtype: torch.dtype | None = None, layer_class: str = "EsmLayer") -> nn.Module:
     """Wrap ``model`` (already on ``info.device``) for data-parallel training.
 
     Args:
         model: the model, trainable parameters marked ``requires_grad``.
         info: from :func:`init_distributed`.
-        strategy: ``"none"``, ``"ddp"`` or ``"fsdp2"``.
+        parallel: ``"none"``, ``"ddp"`` or ``"fsdp2"`` (as ``TrainConfig.parallel``).
         param_dtype: FSDP2 only: the dtype weights are gathered and computed in (e.g. ``torch.bfloat16``;
             gradients are still reduced in fp32). ``None`` keeps each weight's own dtype.
         layer_class: FSDP2 only: class name of the repeated block sharded as one unit.
@@ -111,16 +111,16 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", *,
         The wrapped model (DDP returns a wrapper; FSDP2 shards ``model`` in place and returns it).
 
     Raises:
-        ValueError: an unknown strategy, or FSDP2 on a model without ``layer_class`` blocks.
+        ValueError: an unknown ``parallel``, or FSDP2 on a model without ``layer_class`` blocks.
     """
-    if strategy == "none" or not info.is_distributed:
+    if parallel == "none" or not info.is_distributed:
         return model
-    if strategy == "ddp":
+    if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-    if strategy == "fsdp2":
+    if parallel == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         policy = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype
@@ -133,7 +133,7 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", *,
             fully_shard(block, mp_policy=policy)
         fully_shard(root, mp_policy=policy)
         return model
-    raise ValueError(f"unknown strategy {strategy!r}; use 'none', 'ddp' or 'fsdp2'")
+    raise ValueError(f"unknown parallel={parallel!r}; use 'none', 'ddp' or 'fsdp2'")
 
 
 @contextlib.contextmanager

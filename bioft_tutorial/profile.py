@@ -99,58 +99,34 @@ class ProfileBanner:
         return f"[profile: {self.profile.name}] {self.profile.banner()}"
 
 
-_SMOKE = Profile(
-    name="smoke",
-    device="cpu",
-    esm_model="tiny",
-    esm_family_sizes=("8M", "35M", "150M", "650M", "3B", "15B"),
-    evo2_model="kmer",
-    n_embed_chains=24,
-    ss_train_chains=2000,
-    ss_eval_chains=200,
-    dms_max_mutants=1200,
-    brca1_max_variants=None,
-    max_steps=150,
-    dms_max_steps=40,
-    token_budget=4096,
-    eval_every=50,
-    learning_rate=2e-3,
-    lora_learning_rate=2e-3,
-    dna_window=8192,
-    dna_batch_size=16,
-    trainer_max_steps=40,
-    evo2_finetune_model="tiny",
-    evo2_finetune_window=128,
-    evo2_layer_step=1,
-    evo2_lora_steps=40,
-)
-
-_FULL = Profile(
-    name="full",
-    device="cuda",
-    esm_model="facebook/esm2_t33_650M_UR50D",
-    esm_family_sizes=("8M", "35M", "150M", "650M", "3B", "15B"),
-    evo2_model="evo2_7b",
-    n_embed_chains=512,
-    ss_train_chains=None,
-    ss_eval_chains=None,
-    dms_max_mutants=None,
-    brca1_max_variants=None,
-    max_steps=3000,
-    dms_max_steps=1500,
-    token_budget=16384,
-    eval_every=250,
-    learning_rate=5e-5,
-    lora_learning_rate=5e-4,
-    dna_window=8192,
-    dna_batch_size=8,
-    trainer_max_steps=500,
-    fast_path=True,
-    evo2_finetune_model="evo2_7b",
-    evo2_finetune_window=8192,
-    evo2_layer_step=4,
-    evo2_lora_steps=300,
-)
+#: Every knob with its (smoke, full) value, side by side.
+_VALUES: dict[str, tuple] = {
+    "device": ("cpu", "cuda"),
+    "esm_model": ("tiny", "facebook/esm2_t33_650M_UR50D"),
+    "esm_family_sizes": (("8M", "35M", "150M", "650M", "3B", "15B"),) * 2,
+    "evo2_model": ("kmer", "evo2_7b"),
+    "n_embed_chains": (24, 512),
+    "ss_train_chains": (2000, None),
+    "ss_eval_chains": (200, None),
+    "dms_max_mutants": (1200, None),
+    "brca1_max_variants": (None, None),
+    "max_steps": (150, 3000),
+    "dms_max_steps": (40, 1500),
+    "token_budget": (4096, 16384),
+    "eval_every": (50, 250),
+    "learning_rate": (2e-3, 5e-5),
+    "lora_learning_rate": (2e-3, 5e-4),
+    "dna_window": (8192, 8192),
+    "dna_batch_size": (16, 8),
+    "trainer_max_steps": (40, 500),
+    "fast_path": (False, True),
+    "evo2_finetune_model": ("tiny", "evo2_7b"),
+    "evo2_finetune_window": (128, 8192),
+    "evo2_layer_step": (1, 4),
+    "evo2_lora_steps": (40, 300),
+}
+_SMOKE = Profile(name="smoke", **{field: values[0] for field, values in _VALUES.items()})
+_FULL = Profile(name="full", **{field: values[1] for field, values in _VALUES.items()})
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

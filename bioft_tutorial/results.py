@@ -158,7 +158,7 @@ def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
     """Several GPUs: tokens/s per GPU against one GPU of the same job, efficiency, memory, loss curves."""
     if dist.empty:
         return dist
-    columns = ["strategy", "world_size", "interconnect", "single_gpu_tokens_per_s", "tokens_per_s",
+    columns = ["parallel", "world_size", "interconnect", "single_gpu_tokens_per_s", "tokens_per_s",
                "scaling_efficiency", "single_gpu_peak_mem_gib", "peak_mem_gib", "loss_curve_max_abs_diff"]
     return dist.drop_duplicates(["case", "world_size"], keep="last").set_index("case").reindex(columns=columns)
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _ADVICE = "use a smaller max_residues, a smaller model, bfloat16 weights or a GPU with more memory"
-METHODS = ("wt-marginal", "masked-marginal")
+SCORING_METHODS = ("wt-marginal", "masked-marginal")
 
 
 # --- windows -----------------------------------------------------------------------------------------
@@ -194,8 +194,8 @@ def score_substitutions(
             docstring), or a mutant that does not fit ``wt_seq`` (see :func:`parse_mutant`).
         torch.OutOfMemoryError: out of memory even with one sequence per forward pass.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if method not in SCORING_METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {SCORING_METHODS}")
     if isinstance(mutants, str):
         raise TypeError(f"mutants must be a list of mutants, not the string {mutants!r}; wrap it: [{mutants!r}]")
     residue_ids(tokenizer, wt_seq, "wt_seq")  # an unusable wild type fails first, with its own message

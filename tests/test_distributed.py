@@ -62,7 +62,7 @@ def test_init_single_process_sets_safe_nccl_env(monkeypatch):
 def test_wrap_model_errors_and_single_process_passthrough():
     model = torch.nn.Linear(2, 2)
     assert distributed.wrap_model(model, DistInfo(), "ddp") is model
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ValueError, match="parallel"):
         distributed.wrap_model(model, DistInfo(world_size=2), "zero3")
     with pytest.raises(ValueError, match="EsmLayer"):
         distributed.wrap_model(model, DistInfo(world_size=2), "fsdp2")

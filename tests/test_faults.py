@@ -292,7 +292,7 @@ class _OomAbove:
         self.sizes.append(n)
 
 
-@pytest.mark.parametrize("method", zero_shot.METHODS)
+@pytest.mark.parametrize("method", zero_shot.SCORING_METHODS)
 def test_zero_shot_out_of_memory_halves_the_batch(method, caplog):
     model, tok = models.load_esm2("tiny", task="mlm")
     wt = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ"

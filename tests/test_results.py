@@ -72,7 +72,7 @@ def test_methods_adapter_cost_and_family(gpu_dir):
 
 
 def test_scaling_and_figures(tmp_path):
-    dist = [{"case": "650M-ddp", "strategy": "ddp", "world_size": 2, "single_gpu_tokens_per_s": 100.0,
+    dist = [{"case": "650M-ddp", "parallel": "ddp", "world_size": 2, "single_gpu_tokens_per_s": 100.0,
              "tokens_per_s": 90.0, "scaling_efficiency": 0.9, "loss_curve": [1.0, 0.9], "loss_curve_single": [1.0, 0.9]}]
     _write(tmp_path, "train-dist-20260101T000000Z.json", dist, "2026-01-01T00:00:00Z")
     measured = results.measured("train-dist", tmp_path)

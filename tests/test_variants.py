@@ -30,13 +30,7 @@ XLSX = asset_path("brca1", "41586_2018_461_MOESM3_ESM.xlsx")
 SCORES = ["ref_ll", "alt_ll", "delta_ll"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")

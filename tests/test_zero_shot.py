@@ -56,7 +56,7 @@ def test_masked_marginal_equals_masking_each_position_by_hand(mlm):
     np.testing.assert_allclose(got, expected, atol=ATOL)
 
 
-@pytest.mark.parametrize("method", zero_shot.METHODS)
+@pytest.mark.parametrize("method", zero_shot.SCORING_METHODS)
 def test_multi_mutant_is_the_sum_of_its_singles(mlm, method):
     model, tok = mlm
     singles = ["K2A", "Y5W", "R10G"]
@@ -138,7 +138,7 @@ def test_window_start_properties(length, width, data):
         assert position - 1 - start == width // 2
 
 
-@pytest.mark.parametrize("method", zero_shot.METHODS)
+@pytest.mark.parametrize("method", zero_shot.SCORING_METHODS)
 def test_long_sequence_is_scored_in_the_documented_windows(mlm, method):
     model, tok = mlm
     seq, width = (WT * 2)[:150], 40

@@ -23,7 +23,7 @@ SS_LABELS = "HEC"  # helix, strand, coil: the label order used everywhere (class
 #: Split sizes of the shipped FLIP secondary-structure data (checked on load).
 FLIP_SS_COUNTS = {"train": 9712, "validation": 1080, "test": 364}
 BLAT_N_MUTANTS = 4996
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def read_flip_fasta(path: str | Path) -> pd.DataFrame:
@@ -215,7 +215,7 @@ def read_dms_csv(path: str | Path, wt_seq: str, score_column: str | None = "DMS_
     df.attrs["added_columns"] = [c for c in df.columns if c not in given]
     n_wild = int((df["n_mutations"] == 0).sum())
     if n_wild:
-        logger.info("%s: %d wild-type row(s) kept (mutant written as %s)", path, n_wild, WILD_TYPE_NAMES)
+        log.info("%s: %d wild-type row(s) kept (mutant written as %s)", path, n_wild, WILD_TYPE_NAMES)
     return df
 
 

@@ -23,7 +23,7 @@ import re
 import tempfile
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 FORMAT = "bioft-window-score/1"
 
 
@@ -74,7 +74,7 @@ class WindowCache:
 
     def _damaged(self, path: Path, why: str) -> None:
         self.corrupted += 1
-        logger.warning("cache entry %s is damaged (%s); rescoring that window", path, why)
+        log.warning("cache entry %s is damaged (%s); rescoring that window", path, why)
         return None
 
     def put(self, seq: str, score: float) -> None:

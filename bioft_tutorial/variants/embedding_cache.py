@@ -23,7 +23,7 @@ from safetensors.torch import save as save_tensors
 
 from ..data.files import atomic_write_bytes
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 FORMAT = "bioft-window-embedding/1"
 
 
@@ -66,7 +66,7 @@ class EmbeddingCache:
 
     def _damaged(self, path: Path, why: str) -> None:
         self.corrupted += 1
-        logger.warning("cache entry %s is damaged (%s); recomputing that window", path, why)
+        log.warning("cache entry %s is damaged (%s); recomputing that window", path, why)
         return None
 
     def put(self, seq: str, index: int, pooled: dict[str, np.ndarray]) -> None:

@@ -34,7 +34,7 @@ from .genome import as_genome
 from .io import standardize_variants
 from .windows import variant_window
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 POOLINGS = ("variant", "mean")
 _ADVICE = "use a smaller batch_size, a shorter window or a GPU with more memory"
 

@@ -41,7 +41,7 @@ import torch
 
 from .neural import TorchCausalLM
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 PAD_ID = 1  # CharLevelTokenizer.pad_id
 RANDOM = ":random"
 #: The ``evo2`` package config of each checkpoint's architecture, for ``"<name>:random"`` (8,192-bp configs
@@ -89,7 +89,7 @@ def prepare_vortex_import() -> None:
         stand_in = types.ModuleType("flash_attn_2_cuda")
         stand_in._bioft_stand_in = True
         sys.modules["flash_attn_2_cuda"] = stand_in
-        logger.info("flash-attn not installed: registered a stand-in 'flash_attn_2_cuda'; attention uses torch SDPA")
+        log.info("flash-attn not installed: registered a stand-in 'flash_attn_2_cuda'; attention uses torch SDPA")
 
 
 def use_torch_attention(model: torch.nn.Module) -> int:
@@ -188,7 +188,7 @@ class Evo2LM(TorchCausalLM):
             model = Evo2(model_name, local_path=None if local_path is None else str(local_path),
                          use_kernels=use_kernels).model
         if not has_flash_attn() and use_torch_attention(model):
-            logger.info("flash-attn not installed: attention layers switched to torch SDPA")
+            log.info("flash-attn not installed: attention layers switched to torch SDPA")
         self.model = model.eval()
         self.device = model.embedding_layer.weight.device
         self.hidden_size, self.pad_id = int(model.embedding_layer.weight.shape[1]), PAD_ID

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REGION_ID = re.compile(r"^(?P<name>[^:\s]+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
 _REFSEQ_HUMAN = re.compile(r"^NC_0000(?P<num>\d\d)\.\d+$")
@@ -266,5 +266,5 @@ def _open_fasta(path: Path, index_dir: str | Path | None):
     except (pyfaidx.FastaIndexingError, ValueError) as err:  # UnicodeDecodeError is a ValueError too
         raise VariantError(f"{path}: not a well-formed FASTA ({err}). Every record needs a '>' header and "
                            "lines of equal width; rewrap it, e.g. `seqkit seq -w 60 in.fa > out.fa`") from err
-    logger.debug("opened %s (index %s)", path, fasta.faidx.indexname)
+    log.debug("opened %s (index %s)", path, fasta.faidx.indexname)
     return fasta

@@ -32,7 +32,7 @@ from torch import nn
 
 from .interface import check_reduce
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..metrics import auroc
 from .embeddings import WindowEmbeddings
 from .finetune import CONTRASTS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 #: The column of the Findlay et al. 2018 table that names each variant's exon (its editing experiment).
 FINDLAY_EXON_COLUMN = "experiment"
 

@@ -33,7 +33,7 @@ from .genome import Genome, as_genome
 from .io import standardize_variants
 from .windows import DEFAULT_WINDOW, reverse_complement, substitute, window_bounds
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 SCORE_COLUMNS = ("ref_ll", "alt_ll", "delta_ll")
 _ADVICE = "use a shorter window, a smaller model or a GPU with more memory"
 
@@ -79,7 +79,7 @@ def score_variants(lm, genome: Genome | str | Path | Mapping[str, str], variants
     if on_invalid == "raise":
         raise_for_problems(genome, variants, problems)
     elif not problems.empty:
-        logger.warning(problem_report(genome, variants, problems))
+        log.warning(problem_report(genome, variants, problems))
     plan = _plan(genome, standardize_variants(variants), set(problems["position"]), window)
     cache = WindowCache(cache_dir, getattr(lm, "cache_key", lm.name)) if cache_dir is not None else None
     scores, stats = _score_plan(lm, plan, reverse_complement, cache, batch_size or getattr(lm, "batch_size", 8),
@@ -92,7 +92,7 @@ def score_variants(lm, genome: Genome | str | Path | Mapping[str, str], variants
         out.iloc[problems["position"].to_numpy(dtype=int), out.columns.get_loc("problem")] = problems["problem"].values
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     out.attrs["scoring"] = stats
-    logger.info("scored %d variants with %s: %s", len(out), lm.name, stats)
+    log.info("scored %d variants with %s: %s", len(out), lm.name, stats)
     return out
 
 

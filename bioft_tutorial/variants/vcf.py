@@ -29,7 +29,7 @@ from ..data.files import atomic_write_bytes, parse_text_file
 from .genome import VariantError
 from .io import standardize_variants
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 VCF_HEADER = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 _INFO_LINE = re.compile(r"^##INFO=<(?P<body>.*)>\s*$")
 _INFO_ITEM = re.compile(r'(?P<key>\w+)=(?P<value>"(?:[^"\\]|\\.)*"|[^,]*)')
@@ -157,11 +157,11 @@ def _log_notes(notes: dict, header: Mapping, source: str) -> None:
         declared = f"Number={number}" if number else "no ##INFO header line"
         first = f"{len(lines)} multi-allelic record(s), first on line {lines[0]}"
         if done == "split":
-            logger.warning("%s: INFO field %s (%s) has one value per ALT allele on %s; split one value per ALT. "
+            log.warning("%s: INFO field %s (%s) has one value per ALT allele on %s; split one value per ALT. "
                            "Declare ##INFO=<ID=%s,Number=A,...> in the header to make this explicit",
                            source, key, declared, first, key)
         else:
-            logger.warning("%s: INFO field %s (%s) has a number of values that does not match the ALT alleles on %s;"
+            log.warning("%s: INFO field %s (%s) has a number of values that does not match the ALT alleles on %s;"
                            " kept whole on every ALT row, so each row carries the values of all its record's "
                            "alleles. Split the record (bcftools norm -m -any) or fix the header's Number",
                            source, key, declared, first)
