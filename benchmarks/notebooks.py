@@ -8,8 +8,11 @@ by the papermill parameters in :data:`SHORTENED`; a chapter's ``output_root`` an
 a folder of its own, so that its disk use can be measured.
 
 Per notebook the record holds: ``runtime_s``; ``peak_gpu_mem_gib`` (device memory in use over all GPUs,
-sampled with NVML or ``nvidia-smi``: CUDA contexts and PyTorch's cache included); ``disk_written_gib`` (the
-sectors written to the root disk, ``/proc/diskstats``, after ``sync``); ``output_peak_gib`` (the largest size
+sampled with NVML or ``nvidia-smi``: CUDA contexts and PyTorch's cache included); ``disk_written_gib`` (bytes
+the notebook's own processes (papermill, its kernel and their children) sent to storage, Linux's per-process
+``write_bytes``, so another job on the machine does not count; the compiler's cache and temporary files do);
+``disk_written_machine_gib`` (sectors written to the root disk by everything, ``/proc/diskstats``, after
+``sync``); ``output_peak_gib`` (the largest size
 of the chapter's own folder); ``training`` (per training run found as ``history.jsonl`` under that folder:
 steps and the median real tokens/s and step time after warm-up); the ``parameters`` given; and ``error``
 (the last lines of papermill's report) if it failed. The executed notebooks are kept (``--executed-dir``).
@@ -155,6 +158,32 @@ def disk_sectors_written() -> tuple[int, str]:
     return sum(stats[n][2] for n in disks), "+".join(disks) or "none"
 
 
+def process_bytes_written(pid: int | str = "self") -> int:
+    """Bytes a process sent to storage (``write_bytes`` of ``/proc/<pid>/io``): its own and, once reaped, its
+    children's. 0 where it cannot be read (the process is gone, or not Linux)."""
+    try:
+        return int(next(line.split()[1] for line in Path(f"/proc/{pid}/io").read_text().splitlines()
+                        if line.startswith("write_bytes:")))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found, todo = found + kids, todo + kids
+    return found
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of the files under ``folder`` (0 if it does not exist)."""
     total = 0
@@ -168,12 +197,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 class Monitor(threading.Thread):
-    """Samples GPU memory in use (every ``interval`` s) and the size of a folder (every 4th sample); keeps peaks."""
+    """Samples GPU memory in use (every ``interval`` s), and the size of a folder and the bytes written by this
+    process's descendants (every 4th sample); keeps peaks."""
 
     def __init__(self, folder: Path, interval: float = 0.5):
         super().__init__(daemon=True)
         self.folder, self.interval, self.stop = folder, interval, threading.Event()
         self.gpu_peak, self.folder_peak, self.gpu_before = None, 0, gpu_memory_used()
+        self.written_before, self.child_written = process_bytes_written(), {}
+
+    def bytes_written(self) -> int:
+        """Bytes written since the start by this process and its children: reaped children count in ours
+        (Linux adds them on ``wait``); a child that was never reaped counts by its last sample."""
+        return max(process_bytes_written() - self.written_before, sum(self.child_written.values()))
 
     def run(self) -> None:
         k = 0
@@ -183,6 +219,8 @@ class Monitor(threading.Thread):
                 self.gpu_peak = max(self.gpu_peak or 0, used)
             if k % 4 == 0:
                 self.folder_peak = max(self.folder_peak, folder_bytes(self.folder))
+                for pid in descendants(os.getpid()):
+                    self.child_written[pid] = max(self.child_written.get(pid, 0), process_bytes_written(pid))
             k += 1
 
 
@@ -252,7 +290,8 @@ def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path,
     gib = lambda b: None if b is None else round(b / 2**30, 3)  # noqa: E731
     record = {"notebook": path.stem, "runtime_s": round(runtime, 1), "parameters": shown,
               "peak_gpu_mem_gib": gib(monitor.gpu_peak), "gpu_mem_before_gib": gib(monitor.gpu_before),
-              "disk_written_gib": gib((disk_sectors_written()[0] - sectors) * 512), "disk": disk,
+              "disk_written_gib": gib(monitor.bytes_written()),
+              "disk_written_machine_gib": gib((disk_sectors_written()[0] - sectors) * 512), "disk": disk,
               "output_peak_gib": gib(max(monitor.folder_peak, folder_bytes(out))), "training": training_runs(out),
               "executed": path.name, "smoke": args.smoke,
               "profile": "smoke" if args.smoke else "full"}

@@ -88,6 +88,8 @@ CASES: list[Case] = [
     Case("650M-head-fast", method="head", est_s=25),
     Case("650M-floor-fast", method="head", floor=True, est_s=25),
     Case("650M-full-fast", method="full", est_s=30),
+    Case("650M-fast-32k", token_budget=32768, steps=20, est_s=45),  # twice the rows: fixed per-step costs halve
+    Case("3B-fast-4k", model="3B", token_budget=4096, est_s=40),  # no checkpointing: does it fit 24 GiB, how fast
     *[Case(f"{size}-fast", model=size, group="family", est_s=25) for size in ("8M", "35M", "150M")],
     Case("15B-fast", model="15B", checkpointing=True, token_budget=8192, steps=6, warmup=2, group="family",
          est_s=120),

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,7 +75,7 @@ def test_steady_steps_against_a_hand_computation():
 
 def test_select_cases_by_glob_and_group():
     assert [c.name for c in train_bench.select_cases("3B-*,650M-full-fast")] == ["3B-fast", "3B-fp8-fast",
-                                                                                   "650M-full-fast"]
+                                                                                   "650M-full-fast", "3B-fast-4k"]
     assert {c.group for c in train_bench.select_cases("family")} == {"family"}
     assert len(train_bench.select_cases("all")) == len(train_bench.CASES) == len({c.name for c in train_bench.CASES})
     with pytest.raises(SystemExit, match="no case matches"):
@@ -201,3 +204,24 @@ def test_results_file_is_rewritten_in_place(tmp_path):
     assert [r["case"] for r in saved["results"]] == ["a", "b"] and saved["results"][0]["gpu"] == saved["env"]["gpu"]
     assert harness.peak_tflops("NVIDIA H200") == 989.4 and harness.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert harness.peak_tflops("cpu") is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="Linux per-process I/O accounting")
+def test_disk_written_counts_our_children_not_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    if nb_bench.process_bytes_written() == 0:
+        pytest.skip("this kernel does not account writes per process")
+    write = ("import os, sys; f = open(sys.argv[1], 'wb'); f.write(os.urandom(8 << 20)); f.flush(); "
+             "os.fsync(f.fileno())")
+    monitor = nb_bench.Monitor(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", write + "; import time; time.sleep(30)", str(tmp_path / "other")])
+    try:
+        subprocess.run([sys.executable, "-c", write, str(tmp_path / "ours")], check=True)
+        ours = monitor.bytes_written()
+        assert other.pid in nb_bench.descendants(os.getpid())
+    finally:
+        other.kill()
+        other.wait()
+    assert 8 << 20 <= ours < 12 << 20, ours  # the reaped child's 8 MiB; the one still running is not counted yet

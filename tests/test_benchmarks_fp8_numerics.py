@@ -12,11 +12,11 @@ from bioft_tutorial import results
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_three_precisions_on_the_same_batches(tmp_path):
+def test_smoke_run_trains_three_precisions_on_the_same_batches_fp32_last(tmp_path):
     records = fp8_numerics.main(["--smoke", "--out", str(tmp_path)])
     (path,) = tmp_path.glob("fp8-numerics-smoke-*.json")
     stored = {r["precision"]: r for r in json.loads(path.read_text())["results"]}
-    assert [r["precision"] for r in records] == ["bf16", "fp32", "fp8"] and set(stored) == {"bf16", "fp32", "fp8"}
+    assert [r["precision"] for r in records] == ["bf16", "fp8", "fp32"] and set(stored) == {"bf16", "fp32", "fp8"}
     for r in stored.values():
         assert "error" not in r, r
         assert r["smoke"] and r["model"] == "tiny" and r["data"] == "FLIP secondary structure"
