@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHORTENED: dict[str, dict] = {
     "03_gpu_training": {"max_steps": 120, "dms_max_steps": 60, "trainer_max_steps": 30, "eval_every": 60},
     "04_evo2_variant_scoring": {"max_variants": 200},
-    "06_evo2_finetuning": {"max_variants": 200, "lora_steps": 40},
+    "06_evo2_finetuning": {"max_variants": 160, "lora_steps": 24},
 }
 #: The notebooks ``--smoke`` runs (CPU, smoke profile).
 SMOKE_NOTEBOOKS = ("00_environment",)
