@@ -47,6 +47,8 @@ SHORTENED: dict[str, dict] = {
     "04_evo2_variant_scoring": {"max_variants": 200},
     "06_evo2_finetuning": {"max_variants": 160, "lora_steps": 24},
 }
+#: Signals that stopped a notebook (a SIGTERM from the caller's time limit): the record is written, then we exit.
+SIGNALLED: list[int] = []
 #: The notebooks ``--smoke`` runs (CPU, smoke profile).
 SMOKE_NOTEBOOKS = ("00_environment",)
 
@@ -251,8 +253,8 @@ def execute(path: Path, params: dict, executed: Path, timeout: float, smoke: boo
 
     def stop(signum=None, frame=None) -> None:
         os.killpg(job.pid, signal.SIGKILL)
-        if signum is not None:
-            raise SystemExit(f"{COMMAND}: stopped by signal {signum} while running {path.name}")
+        if signum is not None:  # measured and recorded as stopped; main() then exits
+            SIGNALLED.append(signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -263,6 +265,8 @@ def execute(path: Path, params: dict, executed: Path, timeout: float, smoke: boo
         return f"stopped after {timeout:.0f} s (the --budget-s of this run)"
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if SIGNALLED:
+        return f"stopped by signal {SIGNALLED[0]} after the cells the executed notebook shows"
     if job.returncode == 0:
         return None
     text = re.sub(r"\x1b\[[0-9;]*m", "", stderr + stdout)  # no terminal colours
@@ -319,7 +323,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     executed_dir = Path(args.executed_dir or work / "executed").resolve()
     executed_dir.mkdir(parents=True, exist_ok=True)
     results, records, start = ResultsFile(COMMAND, args.out, args.smoke), [], time.perf_counter()
-    esm = write_esm_folder(work / ("esm2-tiny-random" if args.smoke else "esm2-650M-random"), args.smoke)
+    esm = work / ("esm2-tiny-random" if args.smoke else "esm2-650M-random")
+    if any(parameters_for(path, str(esm), work).get("model_name") == str(esm) for path in notebooks):
+        write_esm_folder(esm, args.smoke)  # only for the chapters that load ESM-2 (minutes of disk writes saved)
     for path in notebooks:
         left = args.budget_s - (time.perf_counter() - start)
         if left < 10:
@@ -331,5 +337,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                          f"ran in {record['runtime_s']:.0f} s")
         print(f"[{COMMAND}] {path.stem}: {line}", flush=True)
         results.write(records)
+        if SIGNALLED:
+            raise SystemExit(f"{COMMAND}: stopped by signal {SIGNALLED[0]} while running {path.name} (recorded)")
     print(f"[{COMMAND}] wrote {results.path}", flush=True)
     return records

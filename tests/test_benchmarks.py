@@ -145,7 +145,7 @@ def test_notebooks_smoke_executes_and_records(tmp_path):
     assert record["notebook"] == "00_environment" and record["runtime_s"] > 0 and record["profile"] == "smoke"
     assert record["disk_written_gib"] >= 0 and record["peak_gpu_mem_gib"] is None  # no GPU here
     assert (tmp_path / "work" / "executed" / "00_environment.ipynb").exists()
-    assert (tmp_path / "work" / "esm2-tiny-random" / "model.safetensors").exists()
+    assert not (tmp_path / "work" / "esm2-tiny-random").exists()  # chapter 0 loads no ESM-2: none written
     assert list(tmp_path.glob("notebooks-smoke-*.json"))
 
 
@@ -225,3 +225,22 @@ def test_disk_written_counts_our_children_not_other_processes(tmp_path):
         other.kill()
         other.wait()
     assert 8 << 20 <= ours < 12 << 20, ours  # the reaped child's 8 MiB; the one still running is not counted yet
+
+
+@pytest.mark.slow
+def test_notebooks_stopped_by_sigterm_still_records_the_notebook(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    monkeypatch.setattr(nb_bench, "SIGNALLED", [])
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))  # a caller's time limit, mid-notebook
+    timer.start()
+    try:
+        with pytest.raises(SystemExit, match="stopped by signal"):
+            nb_bench.main(["--smoke", "--out", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    finally:
+        timer.cancel()
+    (path,) = tmp_path.glob("notebooks-smoke-*.json")
+    (record,) = json.loads(path.read_text())["results"]
+    assert record["notebook"] == "00_environment" and "stopped by signal 15" in record["error"]
+    assert record["runtime_s"] < 60

@@ -35,6 +35,7 @@ def gpu_dir(tmp_path):
              _train_record("650M-full-fast", 30.0)]
     _write(tmp_path, "train-20260101T000000Z.json", full, "2026-01-01T00:00:00Z")
     newer = [_train_record("650M-fast", 500.0), _train_record("650M-hf-trainer", 1.0),
+             _train_record("650M-fp8-fast", 400.0), _train_record("650M-fast-32k", 300.0),  # variants, not sizes
              _train_record("650M-bf16-padded", 0.0, error="RuntimeError: out of memory"),
              _train_record("8M-fast", 999.0, smoke=True), {**_train_record("35M-fast", 9.0), "gpu": "cpu"}]
     _write(tmp_path, "train-20260202T000000Z.json", newer, "2026-02-02T00:00:00Z")
@@ -44,7 +45,7 @@ def gpu_dir(tmp_path):
 
 def test_measured_leaves_out_smoke_cpu_failed_and_skipped(gpu_dir):
     df = results.measured("train", gpu_dir)
-    assert len(df) == 9 + 2  # the older run, and the newer one's two measured GPU records
+    assert len(df) == 9 + 4  # the older run, and the newer one's four measured GPU records
     assert set(df["file"]) == {"train-20260101T000000Z.json", "train-20260202T000000Z.json"}
     assert "35M-fast" not in set(df["case"]) and "8M-fast" not in set(df["case"])
     assert results.measured("train", gpu_dir / "missing").empty

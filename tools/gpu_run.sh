@@ -27,6 +27,7 @@ print("gpus", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_co
 print({name: u.find_spec(name) is not None for name in ("peft", "evo2", "papermill", "pynvml")})
 PY
 pack() { tar czf "$OUT/results.tgz" book/results/gpu $(ls -d _build/gpu-notebooks/executed 2>/dev/null) 2>>"$LOG"; }
+trap 'pack; exit 124' TERM  # stopped from outside (a time limit): keep what is done so far
 start=$SECONDS
 for spec in "$@"; do
   limit=${BENCH_LIMIT:-300}
