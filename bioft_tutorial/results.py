@@ -233,3 +233,25 @@ def plot_scaling(table: pd.DataFrame, dist: pd.DataFrame):
     ax_loss.set(xlabel="optimizer step (same global batches)", ylabel="loss (nats per token)", xticks=steps)
     ax_loss.legend(frameon=False, fontsize=7)
     return fig
+
+
+def plot_fp8_numerics(runs: pd.DataFrame):
+    """Loss per step of the newest ``fp8-numerics`` run: bf16, FP8 and the short fp32 run, from one file.
+
+    Returns:
+        ``(figure, verdict)``: ``verdict`` is the FP8 record (its ``checks``, ``tolerance``, ``early_ratio``,
+        ``end_rel_diff``, ``loss_noise``, ...) or ``None`` when no run is stored.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), constrained_layout=True)
+    if runs.empty or "precision" not in runs:
+        _placeholder(ax, "fp8-numerics benchmark")
+        return fig, None
+    run = runs[runs["file"] == runs["file"].iloc[-1]].drop_duplicates("precision", keep="last").set_index("precision")
+    for precision, style in (("bf16", "-"), ("fp8", "-"), ("fp32", "o")):
+        if precision in run.index:
+            curve = np.asarray(run.loc[precision, "loss_curve"], dtype=float)
+            ax.plot(np.arange(1, len(curve) + 1), curve, style, ms=3, lw=1, alpha=0.8, label=precision)
+    ax.set(xlabel="step", ylabel="training loss (nats per residue)", title=f"{run.index.size} precisions, "
+           f"same weights and batches; {run['gpu'].iloc[0]}, {run['date'].iloc[0][:10]}")
+    ax.legend()
+    return fig, (run.loc["fp8"].to_dict() if "fp8" in run.index else None)

@@ -117,3 +117,19 @@ def test_fp8_pairs_come_from_one_run_with_their_ratio(gpu_dir):
     assert table.attrs["file"] == "train-20260404T000000Z.json" and list(table.index) == ["650M", "3B"]
     assert table.loc["3B", "fp8 / bf16"] == pytest.approx(25.0 / 20.0)  # 650M-head has no bf16 pair in that run
     assert results.fp8_table(pd.DataFrame()).empty
+
+
+def test_fp8_numerics_figure_reads_one_run(tmp_path):
+    curves = {"bf16": [1.0, 0.9, 0.8], "fp8": [1.0, 0.91, 0.79], "fp32": [1.0, 0.9]}
+    old = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": [9.0] * 3} for p in curves]
+    new = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": c} for p, c in curves.items()]
+    new[1] |= {"within_tolerance": False, "end_rel_diff": 0.011}
+    _write(tmp_path, "fp8-numerics-20260101T000000Z.json", old, "2026-01-01T00:00:00Z")
+    _write(tmp_path, "fp8-numerics-20260202T000000Z.json", new, "2026-02-02T00:00:00Z")
+    fig, verdict = results.plot_fp8_numerics(results.measured("fp8-numerics", tmp_path))
+    lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
+    assert lines == curves and verdict["within_tolerance"] is False and verdict["end_rel_diff"] == 0.011
+    plt.close(fig)
+    fig, verdict = results.plot_fp8_numerics(pd.DataFrame())
+    assert verdict is None
+    plt.close(fig)
