@@ -142,6 +142,24 @@ def random_esm2(
     return model
 
 
+def _from_pretrained(cls, source: str, **kwargs):
+    """``cls.from_pretrained`` with transformers' load-report table replaced by one line: the new task head is
+    expected (info), other freshly initialised weights are not (a warning: wrong checkpoint or class?)."""
+    quiet, no_report = logging.getLogger("transformers.modeling_utils"), lambda r: "LOAD REPORT" not in str(r.msg)
+    quiet.addFilter(no_report)  # a filter, not a level: transformers changes what it checks with the level
+    try:
+        model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
+    finally:
+        quiet.removeFilter(no_report)
+    new, unused = (sorted({".".join(k.split(".")[:2]) for k in info.get(key) or ()})
+                   for key in ("missing_keys", "unexpected_keys"))
+    if new or unused:
+        odd = [k for k in new if not k.startswith("classifier")]
+        (log.warning if odd else log.info)("%s from %s: newly initialised %s; unused from the checkpoint %s",
+                                           cls.__name__, source, new or "none", unused or "none")
+    return model
+
+
 def load_esm2(
     name_or_path: str,
     task: str | None = None,
@@ -193,10 +211,10 @@ def load_esm2(
         kwargs["problem_type"] = "regression"
     try:
         if local.is_dir():
-            model = cls.from_pretrained(str(local), local_files_only=True, **kwargs)
+            model = _from_pretrained(cls, str(local), local_files_only=True, **kwargs)
             tokenizer = EsmTokenizer.from_pretrained(str(local)) if (local / "vocab.txt").exists() else load_tokenizer()
         else:
-            model = cls.from_pretrained(name_or_path, **kwargs)
+            model = _from_pretrained(cls, name_or_path, **kwargs)
             tokenizer = EsmTokenizer.from_pretrained(name_or_path)
     except OSError as err:
         raise OSError(

@@ -68,6 +68,27 @@ def test_local_folder_round_trip(tmp_path):
         assert torch.equal(p, q), name
 
 
+def test_loading_reports_new_and_unused_weights_in_one_line(tmp_path, caplog):
+    import logging
+
+    from bioft_tutorial.models import random_esm2
+
+    random_esm2(tiny_esm2_config(), task="mlm").save_pretrained(tmp_path / "mlm")
+    load_tokenizer().save_pretrained(tmp_path / "mlm")
+    with caplog.at_level(logging.INFO):
+        load_esm2(str(tmp_path / "mlm"), task="token", num_labels=3)  # a new head: expected, so info
+    ours = [r for r in caplog.records if r.name == "bioft_tutorial.models"]
+    assert len(ours) == 1 and ours[0].levelno == logging.INFO
+    assert "classifier.weight" in ours[0].getMessage() and "lm_head.dense" in ours[0].getMessage()
+    assert not any("LOAD REPORT" in r.getMessage() for r in caplog.records)  # transformers' table left out
+    caplog.clear()
+    random_esm2(tiny_esm2_config(), task="token", num_labels=3).save_pretrained(tmp_path / "token")
+    with caplog.at_level(logging.INFO):
+        load_esm2(str(tmp_path / "token"), task="mlm")  # the language-model head is missing: a warning
+    (record,) = [r for r in caplog.records if r.name == "bioft_tutorial.models"]
+    assert record.levelno == logging.WARNING and "lm_head" in record.getMessage()
+
+
 def _params_by_formula(layers, hidden, heads, vocab=33, labels=3):
     """Independent count: ESM-2 layer = attention (4 h^2 + 4 h) + 2 LayerNorms (4 h) + FFN (8 h^2 + 5 h);
     plus embeddings, the final LayerNorm, the contact head (one weight per layer x head, one bias), the head."""
