@@ -260,6 +260,9 @@ def next_batches(run: Run, examples: Examples, state: LoopState, config: TrainCo
 
 def split_batch(batch: list[int], examples: Examples, budget: int, run: Run) -> list[list[int]]:
     """Cut one planned batch into pieces that cost at most ``budget`` tokens (only after an OOM back-off)."""
+    lengths = examples.lengths[batch]
+    if (len(batch) * lengths.max() if run.padded else lengths.sum()) <= budget:
+        return [batch]  # every step without a back-off: no per-chain loop on the way to the GPU
     pieces, current = [], []
     for i in batch:
         trial = current + [i]

@@ -485,3 +485,20 @@ def test_a_nan_evaluation_never_becomes_the_best(tmp_path, caplog):
     assert result.history.loc[[1, 3], "eval_spearman"].isna().all()  # evaluated at steps 2 and 4, both NaN
     final = _trainable(model)
     assert not (tmp_path / "best").exists() and final  # nothing restored, nothing written
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_split_batch_keeps_a_fitting_batch_and_cuts_an_oversized_one_in_order(padded):
+    from types import SimpleNamespace
+
+    from bioft_tutorial.data import Examples
+    from bioft_tutorial.train_setup import split_batch
+
+    lengths = [5, 9, 3, 7, 2, 8]
+    examples = Examples([{"input_ids": [0] * n, "labels": 1} for n in lengths])
+    run, batch = SimpleNamespace(padded=padded), [4, 2, 0, 3, 5, 1]
+    cost = (lambda b: len(b) * max(lengths[i] for i in b)) if padded else (lambda b: sum(lengths[i] for i in b))
+    assert split_batch(batch, examples, cost(batch), run) == [batch]
+    pieces = split_batch(batch, examples, 12, run)
+    assert [i for p in pieces for i in p] == batch and len(pieces) > 1
+    assert all(cost(p) <= 12 for p in pieces)
