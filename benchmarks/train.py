@@ -23,8 +23,9 @@ secondary-structure training chains. Cases differ only in ``TrainConfig`` knobs 
 
 Throughput is real (non-padding) tokens per second over the steps after warm-up, read from the run's
 history. Each case catches its own failure and prints one line; the results file is rewritten after every
-case (``book/results/gpu/train-<date>.json``; its fields: ``book/results/gpu/README.md``). ``--profile CASE``
-runs one case under ``torch.profiler`` and writes its tables instead (a diagnostic, not a result).
+case (``book/results/gpu/train-<date>.json``; its fields: ``book/results/gpu/README.md``). ``--profile CASES``
+runs each case under ``torch.profiler`` and writes its tables and where the GPU waits
+(:mod:`benchmarks.timeline`) instead (a diagnostic, not a result).
 ``--smoke``: the tiny model on the CPU in seconds (compiled cases use the ``aot_eager`` backend).
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import timeline
 from benchmarks.harness import ResultsFile, peak_tflops, pick_device, run_case, smoke_threads, steady_steps
 from bioft_tutorial import data, hf_trainer, lora, models, train
 from bioft_tutorial.data import synthetic
@@ -218,7 +220,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
     p.add_argument("--warmup", type=int, help="warm-up steps per case, compilation included (default: the case's)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="skip cases that would end past this, seconds")
-    p.add_argument("--profile", metavar="CASE", help="run CASE under torch.profiler; write its tables, no results")
+    p.add_argument("--profile", metavar="CASES", help="run each case (globs, as --cases) under torch.profiler; write "
+                   "its tables and GPU idle summary, no results")
     p.add_argument("--profile-steps", type=int, default=3, help="steps profiled after warm-up (--profile)")
     p.add_argument("--out", help="results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)")
     p.add_argument("--seed", type=int, default=0)
@@ -245,6 +248,9 @@ def profile_case(case: Case, chains: list[dict], args: argparse.Namespace, devic
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     tables = [prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=40),
               prof.key_averages().table(sort_by=sort, row_limit=30)]
+    with tempfile.TemporaryDirectory() as tmp:  # the trace itself is large: only its idle summary is kept
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        tables.insert(0, timeline.format_summary(timeline.idle_summary(f"{tmp}/trace.json")))
     results = ResultsFile(f"{COMMAND}-profile-{case.name}", args.out, args.smoke)
     path = results.path.with_suffix(".txt")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with smoke_threads(args.smoke):
         chains, source = training_chains(args, cases)
         if args.profile:
-            print(f"[{COMMAND}] wrote {profile_case(cases[0], chains, args, device)}", flush=True)
+            for case in cases:
+                print(f"[{COMMAND}] wrote {profile_case(case, chains, args, device)}", flush=True)
             return []
         results, records, start = ResultsFile(COMMAND, args.out, args.smoke), [], time.perf_counter()
         for case in cases:
