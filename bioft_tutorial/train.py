@@ -62,8 +62,15 @@ class TrainResult:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: list[dict],
                n_targets: int, *, bf16: bool, max_grad_norm: float | None = 1.0, world_size: int = 1
-               ) -> tuple[float, float]:
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over ``batches`` (gradient accumulation): forward, loss, backward, clip, update.
+
+    Nothing here waits for the GPU: the host queues the step's work and returns, so it can prepare the next
+    step while the GPU computes this one. A NaN or infinite loss or gradient norm must still never reach the
+    weights: fused AdamW (what :func:`train` uses) skips the update on the GPU itself, through
+    ``optimizer.found_inf`` (the mechanism ``torch.amp.GradScaler`` uses), and the flag stays set, so that
+    every later step is skipped too until the host has read the numbers (:func:`train` reads them one step
+    later and stops). Elsewhere the host checks them before the update.
 
     Args:
         model: the model to train (under ``torchrun``, its DDP or FSDP2 wrapper).
@@ -72,14 +79,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         bf16: run the forward pass under bf16 autocast.
 
     Returns:
-        ``(loss, grad_norm)``: mean loss per labelled target of the step (nats for classes), and the gradient
-        norm before clipping.
+        ``(loss, grad_norm)``: 0-dim tensors on the device, the mean loss per labelled target of the step
+        (nats for classes) and the gradient norm before clipping. ``float(loss)`` waits for the GPU.
 
     Raises:
-        FloatingPointError: the loss or the gradient norm is NaN or inf; the weights are not updated.
+        FloatingPointError: (without fused AdamW) the loss or the gradient norm is NaN or inf; the weights are
+            not updated.
     """
     device = next(model.parameters()).device
-    model.train()
+    if not model.training:  # walking every module costs milliseconds: only when evaluation switched it off
+        model.train()
     total = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -91,15 +100,20 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         total += loss.detach()
     if world_size > 1:
         dist.all_reduce(total)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm or math.inf).item()
-    loss = total.item() / n_targets
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        raise FloatingPointError(f"loss {loss}, gradient norm {grad_norm}")
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm or math.inf)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+    loss = total / n_targets
+    bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+    if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused AdamW: it skips the update on the device
+        earlier = getattr(optimizer, "found_inf", None)
+        optimizer.found_inf = bad if earlier is None else torch.maximum(earlier, bad)
+    elif bad.item():
+        raise FloatingPointError(f"loss {loss.item()}, gradient norm {grad_norm.item()}")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, grad_norm
+    return loss, grad_norm.detach()
 
 
 def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
@@ -142,6 +156,21 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
     hook = run.model.register_forward_pre_hook(  # training forwards only, not evaluation
         lambda module, args, kwargs: before_forward(state.step + 1, kwargs) if module.training else None,
         with_kwargs=True) if before_forward else None
+    pending: dict | None = None  # the last step's row, its loss and gradient norm still on the GPU
+
+    def read(row: dict, ended: float | None = None) -> dict:
+        """Read a step's numbers (waits for its GPU work): refuse NaN or inf, else fill in the row."""
+        loss, grad_norm = row["loss"].item(), row["grad_norm"].item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise _stopped(row["step"], f"loss {loss}, gradient norm {grad_norm}", out, config)
+        seconds = (ended or time.perf_counter()) - row["step_s"]  # step_s held the step's start until now
+        return row | dict(loss=loss, grad_norm=grad_norm, step_s=seconds, tokens_per_s=row["tokens"] / seconds)
+
+    def log_row(row: dict) -> None:
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", refresh=False)
+
     try:
         while state.step < config.max_steps and state.stopped == "max_steps":
             started, lr = time.perf_counter(), run.scheduler.get_last_lr()[0]
@@ -149,7 +178,7 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
             n_targets = int(sum(train_set.n_targets[b].sum() for b in planned)) or 1
             rng, computed = ckpt.rng_state(), []
 
-            def step(budget: int) -> tuple[float, float]:
+            def step(budget: int) -> tuple[torch.Tensor, torch.Tensor]:
                 pieces = [p for b in planned[run.rank::run.world] for p in split_batch(b, train_set, budget, run)]
                 batches = [run.collate(train_set.get(p)) for p in pieces]
                 computed[:] = [sum(b["input_ids"].numel() for b in batches) * run.world]
@@ -162,24 +191,24 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
                     on_failure=lambda: (run.optimizer.zero_grad(set_to_none=True), ckpt.set_rng_state(*rng)),
                     advice=run.oom_advice, where=f" at step {state.step + 1}")
             except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"training stopped at step {state.step + 1}: {err}; the weights were not updated. The last good "
-                    f"checkpoint is {ckpt.latest_checkpoint(out / 'checkpoints') or 'none yet'}. Lower learning_rate "
-                    f"(now {config.learning_rate}) or look for bad values in the data, then rerun with resume=True"
-                ) from None
+                if pending is not None:  # the step before was good: log it
+                    log_row(read(pending))
+                raise _stopped(state.step + 1, str(err), out, config) from None
+            if pending is not None:  # the step before: the GPU is past it, so reading its numbers costs no wait
+                log_row(read(pending, ended=started))
             state.step += 1
-            seconds, tokens = time.perf_counter() - started, int(sum(train_set.lengths[b].sum() for b in planned))
-            row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens,
-                       computed_tokens=computed[0], step_s=seconds, tokens_per_s=tokens / seconds,
-                       token_budget=state.token_budget)
-            if eval_set is not None and config.eval_every and (
-                    state.step % config.eval_every == 0 or state.step == config.max_steps):
-                row.update(best.evaluate(run, eval_set, state, config))
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}", refresh=False)
-            if config.save_every and (state.step % config.save_every == 0 or state.step == config.max_steps
-                                      or state.stopped != "max_steps"):
+            pending = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=grad_norm,
+                           tokens=int(sum(train_set.lengths[b].sum() for b in planned)),
+                           computed_tokens=computed[0], step_s=started, token_budget=state.token_budget)
+            evaluate = eval_set is not None and config.eval_every and (
+                state.step % config.eval_every == 0 or state.step == config.max_steps)
+            save = config.save_every and (state.step % config.save_every == 0 or state.step == config.max_steps)
+            if evaluate or save or state.step == config.max_steps:  # wait for the step, then evaluate or save
+                row, pending = read(pending), None
+                if evaluate:
+                    row.update(best.evaluate(run, eval_set, state, config))
+                log_row(row)
+            if save or (config.save_every and state.stopped != "max_steps"):
                 best.write(run)  # first, so that the checkpoint's best step is on disk
                 ckpt.save_training_state(out / "checkpoints", run.model, run.optimizer, run.scheduler,
                                          asdict(state), asdict(config), keep=config.keep_checkpoints,
@@ -188,6 +217,8 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
         bar.close()
         if hook is not None:
             hook.remove()
+    if pending is not None:  # a resumed run that was already at max_steps has none
+        log_row(read(pending))
     if run.world > 1:
         dist.barrier()
     best.write(run)
@@ -196,4 +227,11 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
     value = None if state.best is None else (state.best if metric == "loss" else -state.best)
     return TrainResult(pd.DataFrame(history.rows), metric, value, state.best_step, state.stopped, out,
                        state.token_budget)
+
+
+def _stopped(step: int, what: str, out: Path, config: TrainConfig) -> FloatingPointError:
+    return FloatingPointError(
+        f"training stopped at step {step}: {what}; the weights were not updated. The last good checkpoint is "
+        f"{ckpt.latest_checkpoint(out / 'checkpoints') or 'none yet'}. Lower learning_rate (now "
+        f"{config.learning_rate}) or look for bad values in the data, then rerun with resume=True")
 

@@ -23,7 +23,8 @@ from bioft_tutorial.data import IGNORE_INDEX, Examples, collate_padded, token_bu
 log = logging.getLogger("bioft_tutorial.train")
 _CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32", "fp8"),
             "batching": ("padded", "packed"), "parallel": ("ddp", "fsdp2"), "device": ("auto", "cpu", "cuda"),
-            "best_metric": (None, "loss", "accuracy", "spearman")}
+            "best_metric": (None, "loss", "accuracy", "spearman"),
+            "compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     compile: str | Callable | None = None  # None, or a torch.compile backend ("inductor"): each layer, static shapes
+    compile_mode: str | None = None  # torch.compile's mode; "reduce-overhead" replays each layer as a CUDA graph
     checkpointing: bool = False  # activation checkpointing: recompute layers in the backward pass
 
     def __post_init__(self) -> None:
@@ -92,6 +94,8 @@ class TrainConfig:
         if self.compile is not None and self.batching != "packed":
             raise ValueError(f"TrainConfig.compile={self.compile!r} needs batching='packed' (rows of a few fixed "
                              f"sizes, so the compiled graph is reused); got batching={self.batching!r}")
+        if self.compile_mode is not None and self.compile is None:
+            raise ValueError(f"TrainConfig.compile_mode={self.compile_mode!r} needs compile='inductor'")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; use one of {allowed}")
@@ -219,14 +223,14 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
         collate = (packing.static_collate(config.token_budget, max_examples, pad_id) if config.compile is not None
                    else lambda examples: packing.collate_packed(examples, pad_token_id=pad_id))
     if config.compile is not None:
-        models.compile_layers(model, backend=config.compile)
+        models.compile_layers(model, backend=config.compile, mode=config.compile_mode)
     torch.manual_seed(config.seed)  # dropout (e.g. LoRA's) draws from here
     net = distributed.wrap_model(model, info, config.parallel,  # FSDP2 replaces the parameters: wrap first
                                  param_dtype=torch.bfloat16 if bf16 and config.parallel == "fsdp2" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases, norms
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True if info.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)  # one kernel; skips on found_inf
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.schedule))
     return Run(model, net, optimizer, scheduler, info.device, bf16, info.rank, info.world_size, collate,

@@ -197,8 +197,9 @@ def test_killed_runs_resume_to_the_same_weights(ss_data, reference, tmp_path):
             assert last.name == f"step-{expected:06d}", (fault, last)
             tensors, state = checkpoint.load_checkpoint(last)  # the previous checkpoint still loads, whole
             assert state["state"]["step"] == expected and all(torch.isfinite(t).all() for t in tensors.values())
-        if kind == "forward":
-            _assert_same_run(out, reference, upto=step - 1)
+        if kind == "forward":  # a step's row is logged when the next is queued, or at once at a save or eval step
+            flushed = (step - 1) % SAVE_EVERY == 0 or (step - 1) % 4 == 0
+            _assert_same_run(out, reference, upto=step - 1 if flushed else step - 2)
         else:
             # torn tensors: the new folder never appeared; pointer/rename: it is whole, but not yet named latest
             assert (out / "checkpoints" / f"step-{step:06d}").exists() == (kind != "tensors")

@@ -259,7 +259,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, one_thread, ss_small):
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert checkpoint.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000006"
-    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 7  # step 7 logged, then killed
+    # a step's row is logged once the next step is queued (its numbers are read then): killed in step 8's forward
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 6
     resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "0"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -410,15 +411,16 @@ def test_prediction_halves_the_batch_on_out_of_memory(caplog):
 
 
 @pytest.mark.slow
-def test_three_compiled_models_in_one_process_stay_compiled(tmp_path, monkeypatch, ss_small):
+# torch's default limit, whatever ran before, and an error instead of a silent fall-back to eager; restored after
+# (monkeypatch would delete the options from torch's config module on undo, failing every later compile)
+@torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True)
+def test_three_compiled_models_in_one_process_stay_compiled(tmp_path, ss_small):
     """Head only, LoRA, then full fine-tuning, each compiled, in one process (as chapter 3 does): every layer call
     of every model runs a compiled graph, and the second and third models add only their own few graphs (row
     sizes x training/evaluation). With torch._dynamo's default limit of 8 graphs per function, set here, the
     three models together need more than that: without compile_layers raising the limit this test fails."""
     from collections import Counter
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # torch's default, whatever ran before
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # instead of silent eager
     torch._dynamo.reset()
     graphs, calls = [], Counter()
 
@@ -502,3 +504,48 @@ def test_split_batch_keeps_a_fitting_batch_and_cuts_an_oversized_one_in_order(pa
     pieces = split_batch(batch, examples, 12, run)
     assert [i for p in pieces for i in p] == batch and len(pieces) > 1
     assert all(cost(p) <= 12 for p in pieces)
+
+
+# --- the step never waits for the device; a bad step is skipped on the device ------------------------------------
+def _one_batch(tokenizer):
+    chains = [{"input_ids": tokenizer(s)["input_ids"]} for s in ("MKTAYIAKQR", "MVLSPADKTNV")]
+    for c in chains:
+        c["labels"] = [-100] + [i % 3 for i in range(len(c["input_ids"]) - 2)] + [-100]
+    return data.collate_padded(chains, tokenizer.pad_token_id), sum(len(c["input_ids"]) - 2 for c in chains)
+
+
+def test_train_step_reads_nothing_back_and_skips_a_bad_update_on_the_device(tokenizer, monkeypatch):
+    model = _tiny("lora")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    batch, n = _one_batch(tokenizer)
+
+    def no_read(self):
+        raise AssertionError("train_step read a number back from the device")
+    with monkeypatch.context() as m:  # with fused AdamW the step queues its work and returns
+        m.setattr(torch.Tensor, "item", no_read)
+        loss, grad_norm = train.train_step(model, optimizer, scheduler, [dict(batch)], n, bf16=False)
+    assert loss.dim() == 0 and math.isfinite(loss.item()) and grad_norm.item() > 0
+    head = next(p for name, p in model.named_parameters() if p.requires_grad and "classifier" in name)
+    head.data[0] = float("nan")  # a weight gone bad: this step's loss is NaN
+    before = {k: v.nan_to_num() for k, v in _trainable(model).items()}
+    loss, _ = train.train_step(model, optimizer, scheduler, [dict(batch)], n, bf16=False)
+    assert math.isnan(loss.item()) and optimizer.found_inf.item() == 1.0
+    assert all(torch.equal(before[k], p.nan_to_num()) for k, p in _trainable(model).items())  # nothing updated
+    head.data.nan_to_num_()  # the cause is gone; the flag stays set, so the next step is skipped too
+    loss, _ = train.train_step(model, optimizer, scheduler, [dict(batch)], n, bf16=False)
+    assert math.isfinite(loss.item())
+    assert all(torch.equal(before[k], p) for k, p in _trainable(model).items())
+
+
+def test_train_step_without_a_fused_optimizer_refuses_a_bad_step_on_the_host(tokenizer):
+    model = _tiny("full")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, foreach=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    batch, n = _one_batch(tokenizer)
+    model.classifier.weight.data.fill_(float("nan"))
+    before = _trainable(model)
+    with pytest.raises(FloatingPointError, match="loss nan"):
+        train.train_step(model, optimizer, scheduler, [batch], n, bf16=False)
+    assert all(torch.equal(before[k].nan_to_num(), p.nan_to_num()) for k, p in _trainable(model).items())
