@@ -285,7 +285,7 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> 
 RECOMPILE_LIMIT = 64
 
 
-def compile_layers(model: torch.nn.Module, backend="inductor") -> int:
+def compile_layers(model: torch.nn.Module, backend="inductor", mode: str | None = None) -> int:
     """``torch.compile`` every ``EsmLayer`` with static shapes; identical layers reuse one compiled graph.
 
     Compiling the repeated layer rather than the whole model keeps the compile time to that of one layer
@@ -301,6 +301,8 @@ def compile_layers(model: torch.nn.Module, backend="inductor") -> int:
     Args:
         model: an ESM-2 model from transformers, plain or PEFT-wrapped.
         backend: a ``torch.compile`` backend name (``"inductor"``) or callable.
+        mode: ``torch.compile``'s mode for the inductor backend; ``"reduce-overhead"`` records each layer's
+            kernels once as a CUDA graph and replays them, instead of launching them one by one from Python.
 
     Returns:
         The number of layers compiled (0 means the model has no ``EsmLayer``).
@@ -312,5 +314,5 @@ def compile_layers(model: torch.nn.Module, backend="inductor") -> int:
     if hasattr(model, "enable_input_require_grads") and any(p.requires_grad for m in layers for p in m.parameters()):
         model.enable_input_require_grads()  # layer 0's input then needs grad like the others': one graph
     for layer in layers:
-        layer.compile(dynamic=False, backend=backend)
+        layer.compile(dynamic=False, backend=backend, **({"mode": mode} if mode else {}))
     return len(layers)
