@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from benchmarks.harness import ResultsFile
 from bioft_tutorial.profile import get_profile
@@ -64,7 +65,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-outputs", action="store_true", help="keep each chapter's output folder")
     p.add_argument("--out", help="results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)")
     p.add_argument("--smoke", action="store_true", help="CPU, smoke profile, 00_environment only (for tests)")
-    return p.parse_args(argv)
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a papermill parameter (VALUE read as YAML) for every chosen notebook that has NAME; "
+                        "overrides the shortened steps")
+    args = p.parse_args(argv)
+    args.overrides = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            p.error(f"--param {item!r}: write NAME=VALUE, e.g. --param compile_mode=reduce-overhead")
+        args.overrides[name] = yaml.safe_load(value)
+    return args
 
 
 def parameter_defaults(path: Path) -> dict[str, str]:
@@ -279,6 +290,7 @@ def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path,
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     params = parameters_for(path, str(esm), out)
+    params |= {k: v for k, v in getattr(args, "overrides", {}).items() if k in parameter_defaults(path)}
     shown = {k: "<random-weight ESM-2 folder>" if v == str(esm) else
              (v.replace(str(out), "<output folder>") if isinstance(v, str) else v) for k, v in params.items()}
     os.sync()
