@@ -39,7 +39,7 @@ from bioft_tutorial.train_setup import (LoopState, TrainConfig, check_data, lr_f
                                        split_batch)
 
 log = logging.getLogger(__name__)
-__all__ = ["TrainConfig", "TrainResult", "lr_factor", "train", "train_step"]
+__all__ = ["TrainConfig", "TrainResult", "lr_factor", "to_host_later", "train", "train_step"]
 
 
 @dataclass
@@ -116,6 +116,26 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     return loss, grad_norm.detach()
 
 
+def to_host_later(*values: torch.Tensor) -> Callable[[], list[float]]:
+    """Queue a copy of 0-dim ``values`` to the host right behind the work that computes them.
+
+    Returns a function that waits for that copy only, not for work queued after it, and gives the numbers.
+    (``.item()`` would wait for everything queued so far: read after the next step is queued, it would wait
+    for that step too, and the GPU would then sit idle while the host prepares the one after.)
+    """
+    host = torch.stack([v.detach().float() for v in values]).to("cpu", non_blocking=True)  # into pinned memory
+    done = None
+    if values[0].is_cuda:
+        done = torch.cuda.Event()
+        done.record()
+
+    def numbers() -> list[float]:
+        if done is not None:
+            done.synchronize()
+        return host.tolist()
+    return numbers
+
+
 def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
           before_forward: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train the parameters of ``model`` that require a gradient (set them with ``lora.prepare_model``).
@@ -159,8 +179,8 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
     pending: dict | None = None  # the last step's row, its loss and gradient norm still on the GPU
 
     def read(row: dict, ended: float | None = None) -> dict:
-        """Read a step's numbers (waits for its GPU work): refuse NaN or inf, else fill in the row."""
-        loss, grad_norm = row["loss"].item(), row["grad_norm"].item()
+        """Read a step's numbers (waits for its GPU work, not later work): refuse NaN or inf, else fill the row."""
+        loss, grad_norm = row.pop("numbers")()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise _stopped(row["step"], f"loss {loss}, gradient norm {grad_norm}", out, config)
         seconds = (ended or time.perf_counter()) - row["step_s"]  # step_s held the step's start until now
@@ -197,7 +217,7 @@ def train(model: torch.nn.Module, train_data, eval_data, config: TrainConfig,
             if pending is not None:  # the step before: the GPU is past it, so reading its numbers costs no wait
                 log_row(read(pending, ended=started))
             state.step += 1
-            pending = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=grad_norm,
+            pending = dict(step=state.step, epoch=state.epoch, numbers=to_host_later(loss, grad_norm), lr=lr,
                            tokens=int(sum(train_set.lengths[b].sum() for b in planned)),
                            computed_tokens=computed[0], step_s=started, token_budget=state.token_budget)
             evaluate = eval_set is not None and config.eval_every and (

@@ -549,3 +549,9 @@ def test_train_step_without_a_fused_optimizer_refuses_a_bad_step_on_the_host(tok
     with pytest.raises(FloatingPointError, match="loss nan"):
         train.train_step(model, optimizer, scheduler, [batch], n, bf16=False)
     assert all(torch.equal(before[k].nan_to_num(), p.nan_to_num()) for k, p in _trainable(model).items())
+
+
+def test_to_host_later_gives_the_numbers_in_order():
+    numbers = train.to_host_later(torch.tensor(2.5), torch.tensor(float("nan"), dtype=torch.bfloat16))
+    loss, norm = numbers()
+    assert loss == 2.5 and math.isnan(norm)
