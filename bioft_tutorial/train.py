@@ -87,8 +87,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
             not updated.
     """
     device = next(model.parameters()).device
-    if not model.training:  # walking every module costs milliseconds: only when evaluation switched it off
-        model.train()
+    model.train()  # every submodule: a wrapped model (e.g. Evo 2 in a classifier) may hold some in eval mode
     total = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
