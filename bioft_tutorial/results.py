@@ -107,6 +107,22 @@ def methods_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
     return table.set_index("method")
 
 
+def cuda_graphs_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
+    """The fast path with and without ``compile_mode="reduce-overhead"`` (CUDA graphs), and the Trainer
+    baseline, from the newest run that measured them: mean and median real tokens/s, and the factors."""
+    names = [f"{model}-{BASELINE}", f"{model}-fast", f"{model}-fast-cg"]
+    run = _one_run(train, names)
+    if run.empty or f"{model}-fast-cg" not in run.index:
+        return pd.DataFrame()
+    table = run.reindex([n for n in names if n in run.index]).reindex(
+        columns=["setting", "tokens_per_s", "tokens_per_s_median", "peak_mem_gib", "compile_s"])
+    table["× fast"] = table["tokens_per_s"] / run.loc[f"{model}-fast", "tokens_per_s"]
+    table["× Trainer"] = table["tokens_per_s"] / run["tokens_per_s"].get(f"{model}-{BASELINE}", np.nan)
+    table.index = [n.removeprefix(f"{model}-") for n in table.index]
+    table.attrs["file"] = run["file"].iloc[0]
+    return table
+
+
 def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
     """What LoRA's adapters cost: the fast path's median step with LoRA against the same step without adapters.
 
@@ -167,7 +183,8 @@ def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
 def notebook_runs(results_dir: str | Path | None = None) -> pd.DataFrame:
     """The newest record of each notebook executed in the full profile on a GPU (``notebooks-<date>.json``).
 
-    Columns: ``status`` (``"ran"`` or ``"failed"``), ``runtime_s``, ``peak_gpu_mem_gib``, ``disk_written_gib``,
+    A run stopped by the benchmark's time limit is shown only while the notebook has no complete run.
+    Columns: ``status`` (``"ran"``, ``"failed"`` or ``"stopped (time limit)"``), ``runtime_s``, ``peak_gpu_mem_gib``, ``disk_written_gib``,
     ``output_peak_gib``, ``parameters``, ``gpu``, ``date``, ``file`` and ``training`` (one dict per training
     run of the notebook: its name, steps, steady real tokens/s and median step time).
     """
@@ -179,7 +196,11 @@ def notebook_runs(results_dir: str | Path | None = None) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows).sort_values("date", kind="stable")
-    df["status"] = np.where(df.get("error", pd.Series(index=df.index)).notna(), "failed", "ran")
+    error = df.get("error", pd.Series(index=df.index, dtype=object))
+    stopped = error.fillna("").astype(str).str.startswith("stopped by signal")  # the caller's time limit
+    df["status"] = np.select([stopped, error.notna()], ["stopped (time limit)", "failed"], "ran")
+    ran = df.groupby("notebook")["status"].transform(lambda s: (s == "ran").any())
+    df = df[~(stopped & ran)]  # a run cut short by the time limit says nothing against a complete one
     return df.drop_duplicates("notebook", keep="last").set_index("notebook").sort_index()
 
 

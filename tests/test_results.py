@@ -101,6 +101,18 @@ def test_notebook_runs_newest_per_notebook(tmp_path):
     assert results.notebook_runs(tmp_path / "missing").empty
 
 
+def test_a_run_stopped_by_the_time_limit_does_not_hide_a_complete_one(tmp_path):
+    done = {"notebook": "03_gpu_training", "runtime_s": 400.0}
+    stopped = {"notebook": "03_gpu_training", "runtime_s": 330.0, "error": "stopped by signal 15 after the cells the "
+               "executed notebook shows"}
+    alone = {"notebook": "06_evo2_finetuning", "runtime_s": 300.0, "error": stopped["error"]}
+    _write(tmp_path, "notebooks-20260101T000000Z.json", [done], "2026-01-01T00:00:00Z")
+    _write(tmp_path, "notebooks-20260202T000000Z.json", [stopped, alone], "2026-02-02T00:00:00Z")
+    table = results.notebook_runs(tmp_path)
+    assert table.loc["03_gpu_training", "runtime_s"] == 400.0 and table.loc["03_gpu_training", "status"] == "ran"
+    assert table.loc["06_evo2_finetuning", "status"] == "stopped (time limit)"
+
+
 def test_find_results_dir_from_a_subfolder(tmp_path, monkeypatch):
     (tmp_path / "book" / "results" / "gpu").mkdir(parents=True)
     (tmp_path / "notebooks").mkdir()
@@ -133,3 +145,14 @@ def test_fp8_numerics_figure_reads_one_run(tmp_path):
     fig, verdict = results.plot_fp8_numerics(pd.DataFrame())
     assert verdict is None
     plt.close(fig)
+
+
+def test_cuda_graphs_table_takes_one_run_and_its_ratios(tmp_path):
+    rows = [{"case": "650M-hf-trainer", "tokens_per_s": 10.0}, {"case": "650M-fast", "tokens_per_s": 90.0},
+            {"case": "650M-fast-cg", "tokens_per_s": 99.0, "setting": 'compile_mode="reduce-overhead"'}]
+    _write(tmp_path, "train-20260101T000000Z.json", rows, "2026-01-01T00:00:00Z")
+    _write(tmp_path, "train-20260202T000000Z.json", rows[:2], "2026-02-02T00:00:00Z")  # newer, without the case
+    table = results.cuda_graphs_table(results.measured("train", tmp_path))
+    assert table.attrs["file"] == "train-20260101T000000Z.json"
+    assert table.loc["fast-cg", "× fast"] == pytest.approx(1.1) and table.loc["fast", "× Trainer"] == 9.0
+    assert results.cuda_graphs_table(results.measured("train", tmp_path / "none")).empty
