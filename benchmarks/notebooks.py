@@ -44,9 +44,9 @@ COMMAND = "notebooks"
 ROOT = Path(__file__).resolve().parents[1]
 #: Papermill parameters per chapter that shorten the full profile ("{out}": the chapter's own folder).
 SHORTENED: dict[str, dict] = {
-    "03_gpu_training": {"max_steps": 120, "dms_max_steps": 60, "trainer_max_steps": 30, "eval_every": 60},
+    "03_gpu_training": {"max_steps": 100, "dms_max_steps": 30, "trainer_max_steps": 30, "eval_every": 50},
     "04_evo2_variant_scoring": {"max_variants": 200},
-    "06_evo2_finetuning": {"max_variants": 160, "lora_steps": 24},
+    "06_evo2_finetuning": {"max_variants": 120, "lora_steps": 16},
 }
 #: Signals that stopped a notebook (a SIGTERM from the caller's time limit): the record is written, then we exit.
 SIGNALLED: list[int] = []

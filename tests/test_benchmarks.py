@@ -152,7 +152,7 @@ def test_notebooks_smoke_executes_and_records(tmp_path):
 def test_notebook_parameters_point_at_random_models_and_own_folders(tmp_path):
     params = nb_bench.parameters_for(nb_bench.ROOT / "notebooks" / "03_gpu_training.ipynb", "/m/esm", tmp_path)
     assert params["model_name"] == "/m/esm" and params["output_root"] == str(tmp_path)
-    assert params["max_steps"] == 120 and params["eval_every"] == 60
+    assert params["max_steps"] == 100 and params["eval_every"] == 50
     evo2 = nb_bench.parameters_for(nb_bench.ROOT / "notebooks" / "04_evo2_variant_scoring.ipynb", "/m", tmp_path)
     assert evo2["model_name"] == "evo2_7b:random" and evo2["cache_dir"] == str(tmp_path / "cache")
     assert nb_bench.parameters_for(nb_bench.ROOT / "notebooks" / "00_environment.ipynb", "/m", tmp_path) == {}
@@ -244,3 +244,10 @@ def test_notebooks_stopped_by_sigterm_still_records_the_notebook(tmp_path, monke
     (record,) = json.loads(path.read_text())["results"]
     assert record["notebook"] == "00_environment" and "stopped by signal 15" in record["error"]
     assert record["runtime_s"] < 60
+
+
+def test_notebooks_param_is_read_as_yaml_and_checked():
+    args = nb_bench.parse_args(["--param", "compile_mode=reduce-overhead", "-p", "max_steps=10", "-p", "methods=[lora]"])
+    assert args.overrides == {"compile_mode": "reduce-overhead", "max_steps": 10, "methods": ["lora"]}
+    with pytest.raises(SystemExit):
+        nb_bench.parse_args(["--param", "max_steps"])  # no value

@@ -555,3 +555,16 @@ def test_to_host_later_gives_the_numbers_in_order():
     numbers = train.to_host_later(torch.tensor(2.5), torch.tensor(float("nan"), dtype=torch.bfloat16))
     loss, norm = numbers()
     assert loss == 2.5 and math.isnan(norm)
+
+
+def test_train_step_puts_every_submodule_in_training_mode(tokenizer):
+    """A wrapper (e.g. a classifier around Evo 2) can be in training mode with a model inside it in eval mode;
+    the step must reach that one too (Evo 2's rotary cache, built in eval mode, cannot be saved for backward)."""
+    model = _tiny("full")
+    model.esm.eval()  # the inner model left in eval mode, the wrapper not
+    assert model.training and not model.esm.encoder.training
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    batch, n = _one_batch(tokenizer)
+    train.train_step(model, optimizer, scheduler, [batch], n, bf16=False)
+    assert all(m.training for m in model.modules())
