@@ -139,11 +139,18 @@ def test_evaluate_matches_sklearn_on_model_predictions(ss_small):
     ("warmup_steps", 10, "warmup_steps"), ("min_token_budget", 10**6, "min_token_budget"),
     ("schedule", "step", "schedule"), ("precision", "fp16", "precision"), ("batching", "bucket", "batching"),
     ("early_stopping_patience", 0, "early_stopping"), ("max_grad_norm", 0.0, "max_grad_norm"),
+    ("compile_mode", "reduce-overhead", "needs compile='inductor'"),
 ])
 def test_bad_config_values_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
         train.TrainConfig(**{"max_steps": 10, "warmup_steps": 0, "token_budget": 2048, "min_token_budget": 512,
                              field: value})
+
+
+def test_compile_mode_is_one_of_torch_compiles_modes():
+    with pytest.raises(ValueError, match="compile_mode='graphs'"):
+        train.TrainConfig(batching="packed", compile="inductor", compile_mode="graphs")
+    assert train.TrainConfig(batching="packed", compile="inductor", compile_mode="reduce-overhead").compile_mode
 
 
 def test_example_longer_than_the_token_budget_is_refused(ss_small, tmp_path):
