@@ -8,7 +8,10 @@ batches of the epoch's plan (:func:`bioft_tutorial.data.token_budget_batches`: l
 or packed with no padding), collates them, and calls :func:`train_step`. Around the step: a CUDA
 out-of-memory error redoes it with half the token budget (:func:`bioft_tutorial.oom.retry_halving`); every
 ``eval_every`` steps it evaluates and keeps the best weights; every ``save_every`` steps it writes a
-checkpoint (:mod:`bioft_tutorial.checkpoint`) that ``resume=True`` continues exactly.
+checkpoint (:mod:`bioft_tutorial.checkpoint`) that ``resume=True`` continues exactly. The host never waits
+for the GPU inside a step: it reads a step's loss and gradient norm once the next step is queued
+(:func:`to_host_later`), so ``history.jsonl`` gets each step's row one step late, except at evaluation,
+checkpoint and final steps, which wait for their own numbers.
 
 On a GPU the step runs under bf16 autocast with the frozen weights stored in bf16 and the trainable ones in
 fp32; on a CPU, in fp32. Under ``torchrun`` the same call trains on every process
