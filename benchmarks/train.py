@@ -13,12 +13,14 @@ secondary-structure training chains. Cases differ only in ``TrainConfig`` knobs 
 ``bf16-packed``    ``batching="packed"``: chains packed into rows, no padding
 ``fast``           ``batching="packed", compile="inductor"``: the book's fast path
 ``fast-cg``        the fast path with ``compile_mode="reduce-overhead"``: each layer replayed as a CUDA graph
+``peft-fast``      the fast path with PEFT's own LoRA layer (``esm2_lora_config(fused=False)``) instead of
+                   :class:`bioft_tutorial.fused_lora.FusedLoraLinear`: what the fused layer buys
 ``head-fast``      the fast path, only the head trains (nothing back-propagates into the encoder)
 ``floor-fast``     the head-only model with gradients flowing back through every layer, as LoRA's do:
                    a LoRA step without its adapters, the floor a LoRA step cannot beat
 ``full-fast``      the fast path, every weight trains
 ``3B-fast``        ESM-2 3B LoRA on the fast path with ``checkpointing=True`` at 8,192 tokens per step
-``hf-trainer``     the baseline: ``transformers.Trainer`` + PEFT on the same chains
+``hf-trainer``     the baseline: ``transformers.Trainer`` + PEFT (its own LoRA layer) on the same chains
                    (:func:`bioft_tutorial.hf_trainer.train_with_trainer`)
 =================  ================================================================================
 
@@ -67,6 +69,7 @@ class Case:
     warmup: int = 5
     group: str = "default"  # "default" or "family" (the other sizes; --cases family)
     floor: bool = False  # head only, but the backward pass runs through every layer (a LoRA step without adapters)
+    fused_lora: bool = True  # bioft_tutorial.fused_lora's layer; False: PEFT's own
     est_s: float = 30.0  # rough cost on an H100/H200 (compilation included), for --budget-s
 
     def settings(self, smoke: bool) -> dict:
@@ -81,8 +84,9 @@ class Case:
 CASES: list[Case] = [
     Case("650M-fast", est_s=45),
     Case("650M-fast-cg", compile_mode="reduce-overhead", est_s=45),  # the fast path, each layer a CUDA graph
+    Case("650M-peft-fast", fused_lora=False, est_s=40),  # PEFT's own LoRA layer on the fast path
     Case("650M-hf-trainer", precision="bf16", batching="padded", compile=None, runner="transformers.Trainer",
-         est_s=25),
+         fused_lora=False, est_s=25),
     Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=45),
     Case("650M-fp8-fast", precision="fp8", est_s=50),  # the fast path with FP8 frozen linears (bioft_tutorial.fp8)
     Case("3B-fp8-fast", model="3B", precision="fp8", checkpointing=True, token_budget=8192, est_s=55),
@@ -135,7 +139,8 @@ def build_model(case: Case, smoke: bool, seed: int, device: torch.device) -> tor
     bf16 = case.runner == "train.train" and case.precision in ("bf16", "fp8") and case.method != "full"
     model = models.random_esm2(config, task="token", num_labels=3, seed=seed, device=device,
                                dtype=torch.bfloat16 if bf16 else torch.float32)
-    model = lora.prepare_model(model, case.method, lora.esm2_lora_config(r=8) if case.method == "lora" else None)
+    config = lora.esm2_lora_config(r=8, fused=case.fused_lora) if case.method == "lora" else None
+    model = lora.prepare_model(model, case.method, config)
     if case.floor:  # the embeddings' output asks for a gradient: the backward pass then runs through every layer
         model.enable_input_require_grads()
     return model
@@ -195,6 +200,7 @@ def describe(case: Case, args: argparse.Namespace, source: str, n_chains: int) -
     return {"case": case.name, "group": case.group, "model": "tiny" if args.smoke else case.model,
             "method": case.method, "runner": case.runner, "setting": setting, **knobs,
             "token_budget": case.token_budget, "steps": case.steps, "warmup": case.warmup, "lora_r": 8
+            if case.method == "lora" else None, "lora_layer": ("fused" if case.fused_lora else "peft")
             if case.method == "lora" else None, "data": source, "chains": n_chains, "smoke": args.smoke}
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from transformers import EsmConfig, PreTrainedModel
 
+from bioft_tutorial.fused_lora import FusedLoraLinear
 from bioft_tutorial.models import ESM2_FAMILY, TASKS, esm2_config
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ ACTIVATION_BYTES_PER_TOKEN_LAYER_PER_HIDDEN = 34
 
 def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0,
                      target_modules: tuple[str, ...] | list[str] = ESM2_LORA_TARGETS,
-                     task: str = "token") -> LoraConfig:
+                     task: str = "token", fused: bool = True) -> LoraConfig:
     """A PEFT ``LoraConfig`` for ESM-2: adapters in the encoder, the task head trained in full.
 
     Args:
@@ -58,6 +59,9 @@ def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0,
         target_modules: any of ``"query"``, ``"key"``, ``"value"``, ``"dense"`` (``"dense"`` = the
             attention output and both feed-forward layers).
         task: ``"token"`` (per-residue labels) or ``"sequence"`` (one label or value per chain).
+        fused: adapt each layer with :class:`bioft_tutorial.fused_lora.FusedLoraLinear`, PEFT's layer with the
+            update folded into the frozen product (the same values, saved files and names, less time); ``False``
+            keeps PEFT's own layer.
 
     Raises:
         ValueError: a bad rank, alpha, dropout or task, or a module name ESM-2 does not have.
@@ -77,8 +81,11 @@ def esm2_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0,
         )
     # A regex limited to the encoder: a bare "dense" would also match the sequence head's classifier.dense.
     pattern = rf".*encoder\.layer\.\d+\..*\.({'|'.join(targets)})"
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
-                      modules_to_save=list(HEAD_MODULES), task_type=_TASK_TYPES[task], bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
+                        modules_to_save=list(HEAD_MODULES), task_type=_TASK_TYPES[task], bias="none")
+    if fused:
+        config._register_custom_module({torch.nn.Linear: FusedLoraLinear})  # PEFT's hook for custom LoRA layers
+    return config
 
 
 def prepare_model(model: PreTrainedModel, method: str, lora_config: LoraConfig | None = None) -> torch.nn.Module:
@@ -202,8 +209,14 @@ def flops_per_token(config: EsmConfig, method: str, chain_length: float) -> floa
     return 2 * passes * matmul_params(config) + attention
 
 
-def load_adapter(base_model: PreTrainedModel, folder: str, is_trainable: bool = False) -> PeftModel:
+def load_adapter(base_model: PreTrainedModel, folder: str, is_trainable: bool = False,
+                 fused: bool = True) -> PeftModel:
     """Attach a saved adapter (``save_pretrained`` folder) to a fresh base model of the same shape.
+
+    With ``fused=True`` the adapted layers are :class:`~bioft_tutorial.fused_lora.FusedLoraLinear`, as in
+    training, so the outputs are those of the model that was saved, bit for bit. A plain
+    ``PeftModel.from_pretrained`` (``fused=False``) loads the same adapter into PEFT's own layer, whose outputs
+    agree to rounding (the same sum, computed in another order).
 
     Raises:
         FileNotFoundError: no adapter config in ``folder``.
@@ -212,8 +225,11 @@ def load_adapter(base_model: PreTrainedModel, folder: str, is_trainable: bool = 
     if not (Path(folder) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder}: no adapter_config.json; pass the folder that save_pretrained wrote "
                                 "(e.g. runs/ss-lora/best/adapter)")
+    config = PeftConfig.from_pretrained(folder)
+    if fused and isinstance(config, LoraConfig):
+        config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
     try:
-        return PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+        return PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable, config=config)
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met more than tensors
         raise pickle.UnpicklingError(
             f"refused to load the adapter in {folder}: its pickled weights (adapter_model.bin) hold Python objects "

@@ -127,16 +127,26 @@ def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
     """What LoRA's adapters cost: the fast path's median step with LoRA against the same step without adapters.
 
     The ``floor`` case trains the head only but back-propagates through every layer, as LoRA does: the frozen
-    model forward and backward, the floor a LoRA step cannot beat. Both come from one file; ``None`` if no file
-    has both.
+    model forward and backward, the floor a LoRA step cannot beat. ``adapter_share`` is for the ``fast`` case
+    (the fused LoRA layer in records that name ``lora_layer``, PEFT's in older ones); ``peft_adapter_share`` for
+    ``peft-fast`` (PEFT's own layer) where the same file has it. All from one file; ``None`` if no file has both
+    ``fast`` and ``floor-fast``.
     """
-    run = _one_run(train, [f"{model}-fast", f"{model}-floor-fast"])
-    if not {f"{model}-fast", f"{model}-floor-fast"} <= set(run.index):
+    names = [f"{model}-fast", f"{model}-floor-fast", f"{model}-peft-fast"]
+    run = _one_run(train, names)
+    if not set(names[:2]) <= set(run.index):
         return None
-    lora, head = run.loc[f"{model}-fast"], run.loc[f"{model}-floor-fast"]
-    return {"file": lora["file"], "gpu": lora["gpu"], "lora_step_s": lora["step_s"], "floor_step_s": head["step_s"],
+    lora, head = run.loc[names[0]], run.loc[names[1]]
+    layer = lora.get("lora_layer")
+    cost = {"file": lora["file"], "gpu": lora["gpu"], "lora_step_s": lora["step_s"], "floor_step_s": head["step_s"],
             "lora_tokens_per_s": lora["tokens_per_s"], "floor_tokens_per_s": head["tokens_per_s"],
+            "lora_layer": layer if isinstance(layer, str) else "peft",
             "adapter_share": 1 - head["step_s"] / lora["step_s"]}
+    if names[2] in run.index:
+        peft = run.loc[names[2]]
+        cost |= {"peft_step_s": peft["step_s"], "peft_tokens_per_s": peft["tokens_per_s"],
+                 "peft_adapter_share": 1 - head["step_s"] / peft["step_s"]}
+    return cost
 
 
 def fp8_table(train: pd.DataFrame) -> pd.DataFrame:

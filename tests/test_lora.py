@@ -77,9 +77,11 @@ def test_adapter_round_trip_and_merge(tmp_path):
     mask = torch.ones_like(x)
     before = model(input_ids=x, attention_mask=mask).logits
     model.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
-    reloaded = PeftModel.from_pretrained(_tiny(seed=0), tmp_path / "adapter").eval()
+    reloaded = lora.load_adapter(_tiny(seed=0), str(tmp_path / "adapter")).eval()  # the fused layer, as trained
     after = reloaded(input_ids=x, attention_mask=mask).logits
     assert torch.equal(before, after)
+    plain = PeftModel.from_pretrained(_tiny(seed=0), tmp_path / "adapter").eval()  # PEFT's own layer
+    assert torch.allclose(plain(input_ids=x, attention_mask=mask).logits, before, atol=1e-5)
     merged = reloaded.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert torch.allclose(merged(input_ids=x, attention_mask=mask).logits, before, atol=1e-5)

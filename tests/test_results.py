@@ -67,6 +67,14 @@ def test_methods_adapter_cost_and_family(gpu_dir):
     assert list(methods.index) == ["lora", "head", "full"]
     cost = results.adapter_cost(df)
     assert cost["file"] == "train-20260101T000000Z.json" and cost["adapter_share"] == pytest.approx(1 - 0.6 / 1.0)
+    assert cost["lora_layer"] == "peft" and "peft_adapter_share" not in cost  # an old record: PEFT's layer
+    both = pd.concat([df, pd.DataFrame([{**_train_record(c, v, step_s=t), "file": "train-20260303T000000Z.json",
+                                         "lora_layer": layer} for c, v, t, layer in
+                                        (("650M-fast", 120.0, 0.7, "fused"), ("650M-floor-fast", 130.0, 0.6, None),
+                                         ("650M-peft-fast", 100.0, 0.8, "peft"))])])
+    cost = results.adapter_cost(both)
+    assert cost["lora_layer"] == "fused" and cost["adapter_share"] == pytest.approx(1 - 0.6 / 0.7)
+    assert cost["peft_adapter_share"] == pytest.approx(1 - 0.6 / 0.8) and cost["peft_tokens_per_s"] == 100.0
     family = results.family_table(df)
     assert list(family.index) == ["650M", "3B"] and family.loc["650M", "tokens_per_s"] == 500.0  # the newest
     assert results.adapter_cost(pd.DataFrame()) is None and results.family_table(pd.DataFrame()).empty
