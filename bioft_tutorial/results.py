@@ -267,22 +267,27 @@ def plot_scaling(table: pd.DataFrame, dist: pd.DataFrame):
 
 
 def plot_fp8_numerics(runs: pd.DataFrame):
-    """Loss per step of the newest ``fp8-numerics`` run: bf16, FP8 and the short fp32 run, from one file.
+    """Loss per step of the newest ``fp8-numerics`` run: bf16, FP8, bf16 with PEFT's LoRA layer and the short
+    fp32 run, from one file (records before the ``run`` field name their run by ``precision``).
 
     Returns:
-        ``(figure, verdict)``: ``verdict`` is the FP8 record (its ``checks``, ``tolerance``, ``early_ratio``,
-        ``end_rel_diff``, ``loss_noise``, ...) or ``None`` when no run is stored.
+        ``(figure, verdicts)``: ``verdicts`` maps each judged run (``"fp8"``, ``"bf16-peft"``) to its record (its
+        ``checks``, ``tolerance``, ``early_ratio``, ``end_rel_diff``, ``loss_noise``, ...); ``None`` when no run
+        is stored.
     """
     fig, ax = plt.subplots(figsize=(7.5, 3.4), constrained_layout=True)
     if runs.empty or "precision" not in runs:
         _placeholder(ax, "fp8-numerics benchmark")
         return fig, None
-    run = runs[runs["file"] == runs["file"].iloc[-1]].drop_duplicates("precision", keep="last").set_index("precision")
-    for precision, style in (("bf16", "-"), ("fp8", "-"), ("fp32", "o")):
-        if precision in run.index:
-            curve = np.asarray(run.loc[precision, "loss_curve"], dtype=float)
-            ax.plot(np.arange(1, len(curve) + 1), curve, style, ms=3, lw=1, alpha=0.8, label=precision)
-    ax.set(xlabel="step", ylabel="training loss (nats per residue)", title=f"{run.index.size} precisions, "
+    run = runs[runs["file"] == runs["file"].iloc[-1]]
+    names = run["run"].fillna(run["precision"]) if "run" in run else run["precision"]
+    run = run.assign(name=names).drop_duplicates("name", keep="last").set_index("name")
+    for name, style in (("bf16", "-"), ("fp8", "-"), ("bf16-peft", "--"), ("fp32", "o")):
+        if name in run.index:
+            curve = np.asarray(run.loc[name, "loss_curve"], dtype=float)
+            label = "bf16, PEFT's LoRA layer" if name == "bf16-peft" else name
+            ax.plot(np.arange(1, len(curve) + 1), curve, style, ms=3, lw=1, alpha=0.8, label=label)
+    ax.set(xlabel="step", ylabel="training loss (nats per residue)", title=f"{run.index.size} runs, "
            f"same weights and batches; {run['gpu'].iloc[0]}, {run['date'].iloc[0][:10]}")
     ax.legend()
-    return fig, (run.loc["fp8"].to_dict() if "fp8" in run.index else None)
+    return fig, {name: run.loc[name].to_dict() for name in ("fp8", "bf16-peft") if name in run.index}

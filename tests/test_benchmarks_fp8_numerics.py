@@ -12,11 +12,16 @@ from bioft_tutorial import results
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_three_precisions_on_the_same_batches_fp32_last(tmp_path):
+def test_smoke_run_trains_every_run_on_the_same_batches_fp32_last(tmp_path):
     records = fp8_numerics.main(["--smoke", "--out", str(tmp_path)])
     (path,) = tmp_path.glob("fp8-numerics-smoke-*.json")
-    stored = {r["precision"]: r for r in json.loads(path.read_text())["results"]}
-    assert [r["precision"] for r in records] == ["bf16", "fp8", "fp32"] and set(stored) == {"bf16", "fp32", "fp8"}
+    stored = {r["run"]: r for r in json.loads(path.read_text())["results"]}
+    assert [r["run"] for r in records] == ["bf16", "fp8", "bf16-peft", "fp32"] and set(stored) == set(fp8_numerics.RUNS)
+    assert stored["bf16-peft"]["lora_layer"] == "peft" and stored["bf16"]["lora_layer"] == "fused"
+    # the same arithmetic in another order: PEFT's layer follows the fused one to bf16 rounding (8 bits)
+    assert stored["bf16-peft"]["loss_curve"][0] == stored["bf16"]["loss_curve"][0]  # B = 0: the same first loss
+    assert np.allclose(stored["bf16-peft"]["loss_curve"], stored["bf16"]["loss_curve"], rtol=2e-3)
+    assert stored["bf16-peft"]["tolerance"]["max_ratio"] == fp8_numerics.MAX_LAYER_RATIO
     for r in stored.values():
         assert "error" not in r, r
         assert r["smoke"] and r["model"] == "tiny" and r["data"] == "FLIP secondary structure"
@@ -63,6 +68,18 @@ def test_verdict_fails_a_shifted_end_or_an_early_deviation_past_the_ratio(offset
     assert fp8_numerics.verdict(curves, first=10, window=20)["checks"]["finite"] is False
 
 
-def test_bad_step_counts_are_refused():
+def test_layer_verdict_uses_its_own_ratio():
+    curves = _curves(0.0, early_scale=0.3)  # 0.3% early: 3 times bf16's distance from fp32
+    curves["bf16-peft"] = curves.pop("fp8")
+    judged = fp8_numerics.verdict(curves, first=10, window=20, candidate="bf16-peft",
+                                  max_ratio=fp8_numerics.MAX_LAYER_RATIO)
+    assert judged["early_ratio"] == pytest.approx(3.0, rel=1e-3) and judged["checks"]["early_ratio_ok"] is False
+    assert judged["end_mean_loss_bf16-peft"] == pytest.approx(curves["bf16-peft"][-20:].mean())
+
+
+def test_bad_step_counts_and_runs_are_refused():
     with pytest.raises(SystemExit):
         fp8_numerics.parse_args(["--steps", "20", "--fp32-steps", "30"])
+    with pytest.raises(SystemExit):
+        fp8_numerics.parse_args(["--runs", "fp8,fp32"])  # no bf16 reference
+    assert fp8_numerics.parse_args(["--runs", "fp32, bf16-peft,bf16"]).runs == ["bf16", "bf16-peft", "fp32"]

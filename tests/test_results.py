@@ -140,15 +140,22 @@ def test_fp8_pairs_come_from_one_run_with_their_ratio(gpu_dir):
 
 
 def test_fp8_numerics_figure_reads_one_run(tmp_path):
-    curves = {"bf16": [1.0, 0.9, 0.8], "fp8": [1.0, 0.91, 0.79], "fp32": [1.0, 0.9]}
-    old = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": [9.0] * 3} for p in curves]
-    new = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": c} for p, c in curves.items()]
+    curves = {"bf16": [1.0, 0.9, 0.8], "fp8": [1.0, 0.91, 0.79], "bf16-peft": [1.0, 0.9, 0.81], "fp32": [1.0, 0.9]}
+    old = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": [9.0] * 3} for p in ("bf16", "fp8", "fp32")]
+    new = [{"case": f"650M-lora-{n}", "run": n, "precision": n.removesuffix("-peft"), "loss_curve": c}
+           for n, c in curves.items()]
     new[1] |= {"within_tolerance": False, "end_rel_diff": 0.011}
+    new[2] |= {"within_tolerance": True, "end_rel_diff": 0.002}
     _write(tmp_path, "fp8-numerics-20260101T000000Z.json", old, "2026-01-01T00:00:00Z")
+    fig, verdicts = results.plot_fp8_numerics(results.measured("fp8-numerics", tmp_path))  # no `run` field
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["bf16", "fp8", "fp32"] and set(verdicts) == {"fp8"}
+    plt.close(fig)
     _write(tmp_path, "fp8-numerics-20260202T000000Z.json", new, "2026-02-02T00:00:00Z")
-    fig, verdict = results.plot_fp8_numerics(results.measured("fp8-numerics", tmp_path))
+    fig, verdicts = results.plot_fp8_numerics(results.measured("fp8-numerics", tmp_path))
     lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
-    assert lines == curves and verdict["within_tolerance"] is False and verdict["end_rel_diff"] == 0.011
+    assert lines == {("bf16, PEFT's LoRA layer" if k == "bf16-peft" else k): v for k, v in curves.items()}
+    assert verdicts["fp8"]["within_tolerance"] is False and verdicts["fp8"]["end_rel_diff"] == 0.011
+    assert verdicts["bf16-peft"]["within_tolerance"] is True
     plt.close(fig)
     fig, verdict = results.plot_fp8_numerics(pd.DataFrame())
     assert verdict is None
