@@ -190,13 +190,30 @@ def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
     return dist.drop_duplicates(["case", "world_size"], keep="last").set_index("case").reindex(columns=columns)
 
 
+def _beside(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``beside``: for each record, the notebooks of *other* files whose run overlapped its own in time.
+
+    A file's records ran one after another from the file's date (when the command started), so a record runs
+    from that date plus the runtimes before it; the model folder written first makes this a few tens of seconds
+    early, so overlaps shorter than a minute are not counted.
+    """
+    start = pd.to_datetime(df["date"], utc=True) + pd.to_timedelta(
+        df.groupby("file")["runtime_s"].transform(lambda r: r.fillna(0).cumsum().shift(fill_value=0)), unit="s")
+    end = start + pd.to_timedelta(df["runtime_s"].fillna(0), unit="s")
+    margin = pd.Timedelta(seconds=60)
+    df["beside"] = [sorted({df.at[j, "notebook"] for j in df.index if df.at[j, "file"] != df.at[i, "file"]
+                            and min(end[i], end[j]) - max(start[i], start[j]) > margin}) for i in df.index]
+    return df
+
+
 def notebook_runs(results_dir: str | Path | None = None) -> pd.DataFrame:
     """The newest record of each notebook executed in the full profile on a GPU (``notebooks-<date>.json``).
 
     A run stopped by the benchmark's time limit is shown only while the notebook has no complete run.
     Columns: ``status`` (``"ran"``, ``"failed"`` or ``"stopped (time limit)"``), ``runtime_s``, ``peak_gpu_mem_gib``, ``disk_written_gib``,
-    ``output_peak_gib``, ``parameters``, ``gpu``, ``date``, ``file`` and ``training`` (one dict per training
-    run of the notebook: its name, steps, steady real tokens/s and median step time).
+    ``output_peak_gib``, ``parameters``, ``gpu``, ``date``, ``file``, ``training`` (one dict per training
+    run of the notebook: its name, steps, steady real tokens/s and median step time) and ``beside`` (the
+    notebooks of other files that ran at the same time, e.g. on another GPU of the host: :func:`_beside`).
     """
     folder = find_results_dir(results_dir)
     rows = []
@@ -205,7 +222,7 @@ def notebook_runs(results_dir: str | Path | None = None) -> pd.DataFrame:
                  if not r.get("smoke") and r.get("gpu", "cpu") != "cpu"]
     if not rows:
         return pd.DataFrame()
-    df = pd.DataFrame(rows).sort_values("date", kind="stable")
+    df = _beside(pd.DataFrame(rows)).sort_values("date", kind="stable")
     error = df.get("error", pd.Series(index=df.index, dtype=object))
     stopped = error.fillna("").astype(str).str.startswith("stopped by signal")  # the caller's time limit
     df["status"] = np.select([stopped, error.notna()], ["stopped (time limit)", "failed"], "ran")

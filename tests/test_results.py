@@ -121,6 +121,22 @@ def test_a_run_stopped_by_the_time_limit_does_not_hide_a_complete_one(tmp_path):
     assert table.loc["06_evo2_finetuning", "status"] == "stopped (time limit)"
 
 
+def test_notebook_runs_name_what_ran_at_the_same_time(tmp_path):
+    """Two files of one host, started a minute apart: records overlap by their runtimes, summed from each file's
+    start (an independent timeline, written out by hand)."""
+    first = [{"notebook": "06_evo2_finetuning", "runtime_s": 300.0}, {"notebook": "01_esm2_loading", "runtime_s": 200.0}]
+    second = [{"notebook": "03_gpu_training", "runtime_s": 330.0}]  # 00:01:00 to 00:06:30
+    later = [{"notebook": "00_environment", "runtime_s": 8.0}]  # long after both
+    _write(tmp_path, "notebooks-20260101T000000Z.json", first, "2026-01-01T00:00:00Z")  # 06: 0-300 s, 01: 300-500 s
+    _write(tmp_path, "notebooks-20260101T000100Z.json", second, "2026-01-01T00:01:00Z")
+    _write(tmp_path, "notebooks-20260101T010000Z.json", later, "2026-01-01T01:00:00Z")
+    table = results.notebook_runs(tmp_path)
+    assert table.loc["06_evo2_finetuning", "beside"] == ["03_gpu_training"]  # 60-300 s overlap
+    assert table.loc["01_esm2_loading", "beside"] == ["03_gpu_training"]  # 300-390 s: 90 s > the 60 s margin
+    assert table.loc["03_gpu_training", "beside"] == ["01_esm2_loading", "06_evo2_finetuning"]
+    assert table.loc["00_environment", "beside"] == []
+
+
 def test_find_results_dir_from_a_subfolder(tmp_path, monkeypatch):
     (tmp_path / "book" / "results" / "gpu").mkdir(parents=True)
     (tmp_path / "notebooks").mkdir()
