@@ -7,7 +7,7 @@ written first (``random_esm2(esm2_config("650M"), task="mlm")`` plus the tokeniz
 by the papermill parameters in :data:`SHORTENED`; a chapter's ``output_root`` and ``cache_dir`` point into
 a folder of its own, so that its disk use can be measured.
 
-Per notebook the record holds: ``runtime_s``; ``peak_gpu_mem_gib`` (device memory in use over all GPUs,
+Per notebook the record holds: ``started`` (UTC) and ``runtime_s``; ``peak_gpu_mem_gib`` (device memory in use over all GPUs,
 sampled with NVML or ``nvidia-smi``: CUDA contexts and PyTorch's cache included); ``disk_written_gib`` (bytes
 the notebook's own processes (papermill, its kernel and their children) sent to storage, Linux's per-process
 ``write_bytes``, so another job on the machine does not count; the compiler's cache and temporary files do);
@@ -297,14 +297,14 @@ def run_one(path: Path, args: argparse.Namespace, esm: Path, executed_dir: Path,
     sectors, disk = disk_sectors_written()
     monitor = Monitor(out)
     monitor.start()
-    start = time.perf_counter()
+    started, start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
     error = execute(path, params, executed_dir / path.name, timeout, args.smoke)
     runtime = time.perf_counter() - start
     os.sync()
     monitor.stop.set()
     monitor.join()
     gib = lambda b: None if b is None else round(b / 2**30, 3)  # noqa: E731
-    record = {"notebook": path.stem, "runtime_s": round(runtime, 1), "parameters": shown,
+    record = {"notebook": path.stem, "started": started, "runtime_s": round(runtime, 1), "parameters": shown,
               "peak_gpu_mem_gib": gib(monitor.gpu_peak), "gpu_mem_before_gib": gib(monitor.gpu_before),
               "disk_written_gib": gib(monitor.bytes_written()),
               "disk_written_machine_gib": gib((disk_sectors_written()[0] - sectors) * 512), "disk": disk,

@@ -193,12 +193,14 @@ def scaling_table(dist: pd.DataFrame) -> pd.DataFrame:
 def _beside(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``beside``: for each record, the notebooks of *other* files whose run overlapped its own in time.
 
-    A file's records ran one after another from the file's date (when the command started), so a record runs
-    from that date plus the runtimes before it; the model folder written first makes this a few tens of seconds
-    early, so overlaps shorter than a minute are not counted.
+    A record runs from its ``started`` time; older records, which lack it, ran one after another from the
+    file's date (when the command started), so from that date plus the runtimes before them, which the model
+    folder written first makes a few tens of seconds early. Overlaps shorter than a minute are not counted.
     """
     start = pd.to_datetime(df["date"], utc=True) + pd.to_timedelta(
         df.groupby("file")["runtime_s"].transform(lambda r: r.fillna(0).cumsum().shift(fill_value=0)), unit="s")
+    if "started" in df:  # recorded from 2026-11-30T19Z on
+        start = pd.to_datetime(df["started"], utc=True).fillna(start)
     end = start + pd.to_timedelta(df["runtime_s"].fillna(0), unit="s")
     margin = pd.Timedelta(seconds=60)
     df["beside"] = [sorted({df.at[j, "notebook"] for j in df.index if df.at[j, "file"] != df.at[i, "file"]

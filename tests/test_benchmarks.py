@@ -143,6 +143,7 @@ def test_notebooks_smoke_executes_and_records(tmp_path):
     (record,) = nb_bench.main(["--smoke", "--out", str(tmp_path), "--work-dir", str(tmp_path / "work")])
     assert "error" not in record, record.get("error")
     assert record["notebook"] == "00_environment" and record["runtime_s"] > 0 and record["profile"] == "smoke"
+    assert record["started"].endswith("Z") and record["started"][:4].isdigit()  # UTC, for what ran beside it
     assert record["disk_written_gib"] >= 0 and record["peak_gpu_mem_gib"] is None  # no GPU here
     assert (tmp_path / "work" / "executed" / "00_environment.ipynb").exists()
     assert not (tmp_path / "work" / "esm2-tiny-random").exists()  # chapter 0 loads no ESM-2: none written

@@ -135,6 +135,9 @@ def test_notebook_runs_name_what_ran_at_the_same_time(tmp_path):
     assert table.loc["01_esm2_loading", "beside"] == ["03_gpu_training"]  # 300-390 s: 90 s > the 60 s margin
     assert table.loc["03_gpu_training", "beside"] == ["01_esm2_loading", "06_evo2_finetuning"]
     assert table.loc["00_environment", "beside"] == []
+    late = [{"notebook": "02_lora_setup", "runtime_s": 60.0, "started": "2026-01-01T00:07:00Z"}]  # after 03 ended
+    _write(tmp_path, "notebooks-20260101T000030Z.json", late, "2026-01-01T00:00:30Z")  # the file began with 03
+    assert results.notebook_runs(tmp_path).loc["02_lora_setup", "beside"] == []  # `started` wins over the estimate
 
 
 def test_find_results_dir_from_a_subfolder(tmp_path, monkeypatch):
