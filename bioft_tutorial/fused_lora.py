@@ -16,8 +16,9 @@ weight at every call, ``W' = W + s B A`` (one small product of the weight's size
 The values are those of PEFT's layer up to rounding (``W'`` is rounded to the compute precision, as the
 product ``x W^T`` is); the adapter's parameters, their names and what ``save_pretrained`` writes are PEFT's,
 since :class:`FusedLoraLinear` is PEFT's ``Linear`` with only ``forward`` replaced. Where the trick does not
-apply (dropout on the adapter's input, several adapters at once, a merged or disabled adapter, a frozen layer
-that is not a plain ``nn.Linear``, such as an FP8 one, or a weight that trains) it calls PEFT's own forward.
+apply (dropout on the adapter's input, several adapters at once, a merged or disabled adapter, a bias on ``B``,
+a frozen layer that is not a plain ``nn.Linear``, such as an FP8 one, or a weight that trains) it calls PEFT's
+own forward.
 
 :func:`bioft_tutorial.lora.esm2_lora_config` registers this layer (``fused=True``, the default) with PEFT's
 custom-module hook (``LoraConfig._register_custom_module``).
@@ -86,6 +87,8 @@ class FusedLoraLinear(PeftLinear):
             return None
         dropout = self.lora_dropout[active[0]]
         if base.weight.requires_grad or not (isinstance(dropout, nn.Identity) or not self.training or dropout.p == 0):
+            return None
+        if self.lora_B[active[0]].bias is not None:  # LoraConfig(lora_bias=True): B has a bias of its own
             return None
         return active[0]
 

@@ -123,6 +123,10 @@ def test_falls_back_to_peft_where_the_merge_does_not_apply(monkeypatch):
     layer = fused.base_model.model.esm.encoder.layer[0].attention.self.query
     layer.base_layer = type("Float8Like", (torch.nn.Linear,), {})(layer.in_features, layer.out_features)
     assert not layer._fused_adapter((), {})  # a replaced frozen layer (FP8) keeps its own forward
+    key = fused.base_model.model.esm.encoder.layer[0].attention.self.key
+    assert key._fused_adapter((), {}) == "default"
+    key.lora_B["default"].bias = torch.nn.Parameter(torch.zeros(key.out_features))  # LoraConfig(lora_bias=True)
+    assert key._fused_adapter((), {}) is None
     with torch.no_grad():
         torch.testing.assert_close(base_out, plain(input_ids=ids).logits)
 
