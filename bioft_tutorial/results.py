@@ -77,17 +77,19 @@ def ablation_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
     """What each training setting buys, all from one run of the ``train`` benchmark.
 
     Rows: the Hugging Face Trainer baseline, then :data:`ABLATION` (``<model>-<setting>``) in order.
-    Columns: the ``TrainConfig`` setting, real tokens/s, median step time, padding share, peak memory,
-    MFU, compile time, and the factors over the row above and over the Trainer of the same run.
-    ``table.attrs["file"]`` names the run.
+    Columns: the ``TrainConfig`` setting, the LoRA layer (``"fused"`` or ``"peft"``: PEFT's own, which records
+    without the field used), real tokens/s, median step time, padding share, peak memory, MFU, compile time, and
+    the factors over the row above and over the Trainer of the same run. ``table.attrs["file"]`` names the run.
     """
     names = [f"{model}-{s}" for s in (BASELINE, *ABLATION)]
     run = _one_run(train, names)
     if run.empty:
         return run
     table = run.reindex([n for n in names if n in run.index])
-    columns = ["setting", "tokens_per_s", "step_s", "padding_fraction", "peak_mem_gib", "mfu", "compile_s"]
+    columns = ["setting", "lora_layer", "tokens_per_s", "step_s", "padding_fraction", "peak_mem_gib", "mfu",
+               "compile_s"]
     table = table.reindex(columns=columns)
+    table["lora_layer"] = table["lora_layer"].fillna("peft")  # every row trains LoRA; before the field, PEFT's
     table["× previous"] = table["tokens_per_s"] / table["tokens_per_s"].shift(1)
     trainer = run["tokens_per_s"].get(f"{model}-{BASELINE}", np.nan)
     table["× Trainer"] = table["tokens_per_s"] / trainer

@@ -58,6 +58,7 @@ def test_ablation_comes_from_one_run_with_ratios_inside_it(gpu_dir):
     assert list(table.index) == ["hf-trainer", "fp32-padded", "bf16-padded", "bf16-packed", "fast"]
     assert table.loc["fast", "× Trainer"] == pytest.approx(50.0 / 10.0)
     assert table.loc["bf16-packed", "× previous"] == pytest.approx(25.0 / 20.0)
+    assert set(table["lora_layer"]) == {"peft"}  # records before the field: PEFT's layer
     assert results.ablation_table(pd.DataFrame()).empty
 
 
