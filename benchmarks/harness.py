@@ -40,7 +40,21 @@ def env_info() -> dict:
             "gpu_mem_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
             "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpu_count": os.cpu_count()}
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpu_count": os.cpu_count(),
+            **_optional_versions()}
+
+
+def _optional_versions() -> dict:
+    """Versions of the optional kernel libraries that are installed (FlashAttention-4, torchao)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("flash-attn-4", "nvidia-cutlass-dsl", "torchao"):
+        try:
+            found[name.replace("-", "_")] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 class ResultsFile:

@@ -15,6 +15,8 @@ secondary-structure training chains. Cases differ only in ``TrainConfig`` knobs 
 ``fast-cg``        the fast path with ``compile_mode="reduce-overhead"``: each layer replayed as a CUDA graph
 ``peft-fast``      the fast path with PEFT's own LoRA layer (``esm2_lora_config(fused=False)``) instead of
                    :class:`bioft_tutorial.fused_lora.FusedLoraLinear`: what the fused layer buys
+``fa4-fast``       the fast path with FlashAttention-4's kernels for the packed rows (``attention="fa4"``,
+                   needs ``flash-attn-4``) instead of PyTorch's varlen FlashAttention-2
 ``head-fast``      the fast path, only the head trains (nothing back-propagates into the encoder)
 ``floor-fast``     the head-only model with gradients flowing back through every layer, as LoRA's do:
                    a LoRA step without its adapters, the floor a LoRA step cannot beat
@@ -70,6 +72,7 @@ class Case:
     group: str = "default"  # "default" or "family" (the other sizes; --cases family)
     floor: bool = False  # head only, but the backward pass runs through every layer (a LoRA step without adapters)
     fused_lora: bool = True  # bioft_tutorial.fused_lora's layer; False: PEFT's own
+    attention: str = "auto"  # TrainConfig.attention: the packed rows' kernel ("fa4": FlashAttention-4)
     est_s: float = 30.0  # rough cost on an H100/H200 (compilation included), for --budget-s
 
     def settings(self, smoke: bool) -> dict:
@@ -77,7 +80,7 @@ class Case:
         backend = "aot_eager" if smoke and self.compile else self.compile
         return dict(precision=self.precision, batching=self.batching, compile=backend,
                     compile_mode=None if smoke else self.compile_mode, checkpointing=self.checkpointing,
-                    token_budget=self.token_budget)
+                    token_budget=self.token_budget, attention="auto" if smoke else self.attention)
 
 
 #: Every case, in the order they run (the most important first, in case the time budget runs out).
@@ -88,6 +91,10 @@ CASES: list[Case] = [
     Case("650M-hf-trainer", precision="bf16", batching="padded", compile=None, runner="transformers.Trainer",
          fused_lora=False, est_s=25),
     Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=45),
+    Case("650M-floor-fast", method="head", floor=True, est_s=25),
+    Case("650M-fa4-fast", attention="fa4", est_s=60),  # FlashAttention-4 for the packed rows (JIT-compiled)
+    Case("650M-floor-fa4-fast", method="head", floor=True, attention="fa4", est_s=30),
+    Case("3B-fa4-fast", model="3B", checkpointing=True, token_budget=8192, attention="fa4", est_s=50),
     Case("650M-fp8-fast", precision="fp8", est_s=50),  # the fast path with FP8 frozen linears (bioft_tutorial.fp8)
     Case("3B-fp8-fast", model="3B", precision="fp8", checkpointing=True, token_budget=8192, est_s=55),
     Case("650M-head-fp8-fast", method="head", precision="fp8", est_s=25),
@@ -96,7 +103,6 @@ CASES: list[Case] = [
     Case("650M-bf16-padded", batching="padded", compile=None, est_s=25),
     Case("650M-bf16-packed", compile=None, est_s=20),
     Case("650M-head-fast", method="head", est_s=25),
-    Case("650M-floor-fast", method="head", floor=True, est_s=25),
     Case("650M-full-fast", method="full", est_s=30),
     Case("650M-fast-32k", token_budget=32768, steps=20, est_s=45),  # twice the rows: fixed per-step costs halve
     Case("3B-fast-4k", model="3B", token_budget=4096, est_s=40),  # no checkpointing: does it fit 24 GiB, how fast
@@ -175,6 +181,8 @@ def measure(case: Case, chains: list[dict], args: argparse.Namespace, device: to
         else:
             history = _train(case, model, chains, args, device, tmp)
     record = steady_steps(history, case.warmup)
+    kernels = {getattr(m, "_bioft_backend", None) for m in model.modules() if type(m).__name__ == "EsmSelfAttention"}
+    record["attention_kernel"] = kernels.pop() if len(kernels) == 1 and case.batching == "packed" else None
     if "train_loss" in history.attrs:  # Trainer reports one mean loss for the run
         record["loss_mean"] = round(history.attrs["train_loss"], 4)
     if case.compile:
@@ -196,7 +204,7 @@ def describe(case: Case, args: argparse.Namespace, source: str, n_chains: int) -
     knobs = {k: v for k, v in case.settings(args.smoke).items() if k != "token_budget"}
     setting = ("Trainer: bf16=True, group_by_length, fixed batch" if case.runner != "train.train" else
                ", ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in knobs.items()
-                         if v not in (None, False)))
+                         if v not in (None, False) and not (k == "attention" and v == "auto")))
     return {"case": case.name, "group": case.group, "model": "tiny" if args.smoke else case.model,
             "method": case.method, "runner": case.runner, "setting": setting, **knobs,
             "token_budget": case.token_budget, "steps": case.steps, "warmup": case.warmup, "lora_r": 8

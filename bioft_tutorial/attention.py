@@ -3,13 +3,22 @@
 A packed row (:mod:`bioft_tutorial.packing`) holds many chains one after another, with ``cu_seq_lens`` (the
 cumulative chain lengths) saying where each starts. :func:`enable_packed_attention` switches a Hugging Face
 ESM-2 (plain or wrapped by PEFT) to :func:`packed_attention`, registered with
-``transformers.AttentionInterface``. On a CUDA GPU it runs PyTorch's variable-length FlashAttention kernel
-(``torch.nn.attention.varlen.varlen_attn``), which never forms the ``T x T`` score matrix; elsewhere one SDPA
-call per chain (the same math). Padded batches (with ``attention_mask``) still work on the switched model.
-Weights are untouched: a ``facebook/esm2_*`` checkpoint and a PEFT adapter load as they are.
+``transformers.AttentionInterface``. It runs one of three kernels, which compute the same attention:
+
+* ``"varlen"`` (the default on a CUDA GPU): PyTorch's variable-length FlashAttention
+  (``torch.nn.attention.varlen.varlen_attn``, FlashAttention-2's kernels), which never forms the ``T x T``
+  score matrix;
+* ``"fa4"``: the variable-length kernels of FlashAttention-4 (``pip install flash-attn-4``), written for
+  Hopper and Blackwell GPUs (compute capability 9.x and 10.x), wrapped here as a ``torch.library`` custom
+  operator so that ``torch.compile`` treats it as one opaque call with a known output shape;
+* ``"sdpa"`` (the CPU, and fp32): one SDPA call per chain.
+
+Padded batches (with ``attention_mask``) still work on the switched model. Weights are untouched: a
+``facebook/esm2_*`` checkpoint and a PEFT adapter load as they are.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 
@@ -21,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Name under which :func:`packed_attention` is registered in ``transformers.AttentionInterface``.
 PACKED_ATTENTION = "bioft_packed"
+#: What ``enable_packed_attention(backend=...)`` (and ``TrainConfig.attention``) accepts.
+BACKENDS = ("auto", "varlen", "fa4", "sdpa")
 
 try:  # torch >= 2.10 (prototype API; `scale` arrived later than the function itself)
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
@@ -49,10 +60,68 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
     return _varlen_attn(q * (scale * q.shape[-1] ** 0.5), k, v, cu, cu, max_len, max_len)  # default 1/sqrt(D)
 
 
-def _use_varlen(module: nn.Module, q: torch.Tensor) -> bool:
-    """Varlen FlashAttention if enabled on this layer and the inputs are bf16/fp16 on a CUDA GPU."""
-    return (getattr(module, "_bioft_backend", "sdpa") == "varlen" and q.is_cuda
-            and q.dtype in (torch.bfloat16, torch.float16))
+#: Python module of FlashAttention-4's kernels (the ``flash-attn-4`` package).
+FA4_MODULE = "flash_attn.cute.interface"
+FA4_INSTALL_HINT = "pip install 'bioft-tutorial[fa4]' (or pip install flash-attn-4; Hopper or Blackwell GPUs)"
+
+
+@torch.library.custom_op("bioft::fa4_varlen_fwd", mutates_args=())
+def _fa4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention-4 forward on packed ``(T, H, D)`` inputs: ``(out (T, H, D), lse (H, T) fp32)``."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+    out, lse, *_ = _flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
+                                   max_seqlen_k=max_len, softmax_scale=scale, causal=False, return_lse=True)
+    return out, lse
+
+
+@_fa4_fwd.register_fake
+def _(q, k, v, cu, max_len, scale):
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("bioft::fa4_varlen_bwd", mutates_args=())
+def _fa4_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, cu: torch.Tensor, max_len: int,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashAttention-4 backward: ``(dq, dk, dv)``, each shaped like its input."""
+    from flash_attn.cute.interface import _flash_attn_bwd
+    dq, dk, dv = _flash_attn_bwd(q, k, v, out, grad_out, lse, scale, False, 0.0, cu_seqlens_q=cu,
+                                 cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)[:3]
+    return dq, dk, dv
+
+
+@_fa4_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, cu, max_len, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fa4_setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    q, k, v, cu, max_len, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu)
+    ctx.max_len, ctx.scale = max_len, scale
+
+
+def _fa4_backward(ctx, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> tuple:
+    q, k, v, out, lse, cu = ctx.saved_tensors
+    dq, dk, dv = _fa4_bwd(grad_out.contiguous(), q, k, v, out, lse, cu, ctx.max_len, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_fa4_fwd.register_autograd(_fa4_backward, setup_context=_fa4_setup_context)
+
+
+def _fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+         scale: float) -> torch.Tensor:
+    """FlashAttention-4's variable-length attention. ``q, k, v``: ``(T, H, D)`` in bf16/fp16 on CUDA."""
+    return _fa4_fwd(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_len, scale)[0]
+
+
+def _use_kernel(module: nn.Module, q: torch.Tensor) -> str:
+    """The layer's GPU kernel (``"varlen"`` or ``"fa4"``) if the inputs are bf16/fp16 on a CUDA GPU, else ``"sdpa"``."""
+    backend = getattr(module, "_bioft_backend", "sdpa")
+    return backend if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) else "sdpa"
 
 
 def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -62,7 +131,7 @@ def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
 
     Args:
         module: the calling attention layer; its ``_bioft_backend`` (set by :func:`enable_packed_attention`)
-            is ``"varlen"`` or ``"sdpa"``.
+            is ``"varlen"``, ``"fa4"`` or ``"sdpa"``.
         query, key, value: ``(B, H, T, D)``; ESM-2 has already scaled ``query`` and passes ``scaling=1.0``.
         attention_mask: ``None`` for packed batches; a padded batch's 4-D mask otherwise.
         scaling: factor on ``q @ k.T`` (``None``: ``D ** -0.5``).
@@ -84,8 +153,11 @@ def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     scale = dim ** -0.5 if scaling is None else scaling
     q, k, v = (t.transpose(1, 2).reshape(batch * tokens, heads, dim) for t in (query, key, value))
     cu = cu.to(device=q.device, dtype=torch.int32)
-    if _use_varlen(module, q):
-        out = _varlen(q, k, v, cu, int(kwargs.get("max_length_q") or tokens), scale)
+    kernel, max_len = _use_kernel(module, q), int(kwargs.get("max_length_q") or tokens)
+    if kernel == "varlen":
+        out = _varlen(q, k, v, cu, max_len, scale)
+    elif kernel == "fa4":
+        out = _fa4(q, k, v, cu, max_len, scale)
     else:
         out = _chain_sdpa(q, k, v, cu, scale)
     return out.view(batch, tokens, heads, dim), None
@@ -130,26 +202,46 @@ def _per_chain_token_dropout(module: nn.Module, args: tuple, kwargs: dict, outpu
     return (output * ((1 - f_row) / (1 - f_chain))[..., None]).to(output.dtype)
 
 
-def _probe_varlen(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Run varlen attention once (forward and backward, with an empty chain) against per-chain SDPA.
+def _fa4_missing(device: torch.device) -> str | None:
+    """Why FlashAttention-4 cannot run on ``device``, or ``None``."""
+    if device.type != "cuda":
+        return "FlashAttention-4 runs on NVIDIA GPUs only"
+    major = torch.cuda.get_device_capability(device)[0]
+    if major not in (9, 10):
+        return (f"FlashAttention-4 needs a Hopper or Blackwell GPU (compute capability 9.x or 10.x); "
+                f"{torch.cuda.get_device_name(device)} has {major}.x")
+    try:
+        importlib.import_module(FA4_MODULE)
+    except Exception as exc:  # noqa: BLE001 - not installed, or its CUDA libraries do not load
+        return f"{FA4_MODULE} does not import ({type(exc).__name__}: {exc}); {FA4_INSTALL_HINT}"
+    return None
+
+
+def _probe(kernel: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run a GPU kernel once (forward and backward, with empty chains) against per-chain SDPA in fp32.
 
     Returns:
-        ``None`` if it works and agrees, else the reason it cannot be used.
+        ``None`` if it works and agrees (output and input gradients), else the reason it cannot be used.
     """
-    if _varlen_attn is None:
-        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    missing = (_fa4_missing(device) if kernel == "fa4" else "not on a CUDA GPU" if device.type != "cuda" else
+               None if _varlen_attn is not None else f"torch {torch.__version__} has no torch.nn.attention.varlen")
+    if missing:
+        return missing
+    run = _fa4 if kernel == "fa4" else _varlen
     try:
         g = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(12, 2, 64, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
         cu = torch.tensor([0, 5, 5, 12, 12], device=device, dtype=torch.int32)
-        out = _varlen(q, k, v, cu, 16, 0.125)
-        ref = _chain_sdpa(q.float(), k.float(), v.float(), cu, 0.125)
-        out.float().sum().backward()
-        err = (out.float() - ref).abs().max().item()
-        if err > 2e-2 or not torch.isfinite(q.grad).all():
-            return f"varlen_attn disagrees with SDPA (max abs diff {err:.3g})"
+        grad = torch.randn(12, 2, 64, device=device, generator=g)
+        run(q, k, v, cu, 16, 0.125).float().backward(grad)
+        _chain_sdpa(q32, k32, v32, cu, 0.125).backward(grad)
+        errors = [(a.grad.float() - b.grad).abs().max().item() for a, b in ((q, q32), (k, k32), (v, v32))]
+        out_err = (run(q, k, v, cu, 16, 0.125).float() - _chain_sdpa(q32, k32, v32, cu, 0.125)).abs().max().item()
+        if not max(out_err, *errors) <= 5e-2:  # bf16 rounding is ~1e-2 here; NaN fails too
+            return f"{kernel} disagrees with SDPA (max abs diff: output {out_err:.3g}, gradients {max(errors):.3g})"
     except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
-        return f"varlen_attn failed: {type(exc).__name__}: {exc}"
+        return f"{kernel} failed: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -162,19 +254,19 @@ def enable_packed_attention(model: nn.Module, backend: str = "auto") -> str:
     Args:
         model: an ESM-2 model from transformers (``EsmModel``, ``EsmForTokenClassification``, ``EsmForMaskedLM``).
         backend: ``"auto"`` (varlen FlashAttention on a CUDA GPU if it runs, else per-chain SDPA),
-            ``"varlen"`` or ``"sdpa"``.
+            ``"varlen"``, ``"fa4"`` (FlashAttention-4; an error where it is missing) or ``"sdpa"``.
 
     Returns:
-        The backend in use: ``"varlen"`` or ``"sdpa"``. (``"varlen"`` runs on bf16/fp16 inputs, i.e. under
-        autocast or with bf16 weights; fp32 inputs take the per-chain SDPA path.)
+        The backend in use: ``"varlen"``, ``"fa4"`` or ``"sdpa"``. (The GPU kernels run on bf16/fp16 inputs,
+        i.e. under autocast or with bf16 weights; fp32 inputs take the per-chain SDPA path.)
 
     Raises:
         ValueError: an unknown backend, a sequence-classification model (its head reads the first token of
             each row, which a packed row shares between chains), or an ESM variant whose token dropout
             cannot be corrected per chain.
     """
-    if backend not in ("auto", "varlen", "sdpa"):
-        raise ValueError(f"unknown backend {backend!r}; use 'auto', 'varlen' or 'sdpa'")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(map(repr, BACKENDS))}")
     classes = {type(m).__name__ for m in model.modules()}
     if "EsmForSequenceClassification" in classes:
         raise ValueError("packed batches need a per-token head (token classification, masked LM, embeddings); "
@@ -184,10 +276,11 @@ def enable_packed_attention(model: nn.Module, backend: str = "auto") -> str:
         raise ValueError(f"{type(model).__name__} has no EsmSelfAttention layers; is it an ESM-2 model?")
     register_packed_attention()
     param = next(model.parameters())
-    reason = _probe_varlen(param.device, torch.bfloat16) if param.is_cuda and backend != "sdpa" else "not on a CUDA GPU"
-    if backend == "varlen" and reason:
-        raise RuntimeError(f"backend='varlen' is unavailable: {reason}")
-    chosen = "sdpa" if reason else "varlen"
+    kernel = "fa4" if backend == "fa4" else "varlen"
+    reason = None if backend == "sdpa" else _probe(kernel, param.device, torch.bfloat16)
+    if backend in ("varlen", "fa4") and reason:
+        raise RuntimeError(f"backend={backend!r} is unavailable: {reason}")
+    chosen = "sdpa" if reason or backend == "sdpa" else kernel
     if reason and backend == "auto" and param.is_cuda:
         log.warning("packed attention falls back to per-chain SDPA (slow): %s", reason)
     for module in attention:

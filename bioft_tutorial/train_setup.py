@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from bioft_tutorial import distributed, fp8, models, packing
-from bioft_tutorial.attention import enable_packed_attention
+from bioft_tutorial.attention import BACKENDS, enable_packed_attention
 from bioft_tutorial.data import IGNORE_INDEX, Examples, collate_padded, token_budget_batches
 
 log = logging.getLogger("bioft_tutorial.train")
 _CHOICES = {"schedule": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32", "fp8"),
-            "batching": ("padded", "packed"), "parallel": ("ddp", "fsdp2"), "device": ("auto", "cpu", "cuda"),
+            "batching": ("padded", "packed"), "attention": BACKENDS, "parallel": ("ddp", "fsdp2"),
+            "device": ("auto", "cpu", "cuda"),
             "best_metric": (None, "loss", "accuracy", "spearman"),
             "compile_mode": (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 
@@ -58,6 +59,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on a CPU; "fp8": bf16 + FP8 frozen linears (fp8.py)
     device: str = "auto"  # "auto" (the GPU of this rank if there is one), "cpu" or "cuda"
     batching: str = "padded"  # "padded" or "packed" (no padding, variable-length attention)
+    attention: str = "auto"  # packed rows' kernel: "auto" (PyTorch's varlen), "varlen", "fa4" (flash-attn-4), "sdpa"
     parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp2" (bioft_tutorial.distributed)
     min_token_budget: int = 1024  # floor of the out-of-memory back-off
     seed: int = 0
@@ -99,6 +101,9 @@ class TrainConfig:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; use one of {allowed}")
+        if self.attention != "auto" and self.batching != "packed":
+            raise ValueError(f"TrainConfig.attention={self.attention!r} chooses the kernel of packed rows; set "
+                             f"batching='packed' (padded batches use the model's own attention)")
 
 
 @dataclass
@@ -218,7 +223,7 @@ def setup(model: torch.nn.Module, config: TrainConfig, train_set: Examples, eval
     pad_id = 1 if pad_id is None else pad_id
     collate, max_examples = (lambda examples: collate_padded(examples, pad_id)), None  # noqa: E731
     if config.batching == "packed":
-        enable_packed_attention(model)
+        enable_packed_attention(model, backend=config.attention)
         max_examples = packing.chains_per_row(config.token_budget)
         collate = (packing.static_collate(config.token_budget, max_examples, pad_id) if config.compile is not None
                    else lambda examples: packing.collate_packed(examples, pad_token_id=pad_id))
