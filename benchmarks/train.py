@@ -16,7 +16,8 @@ secondary-structure training chains. Cases differ only in ``TrainConfig`` knobs 
 ``peft-fast``      the fast path with PEFT's own LoRA layer (``esm2_lora_config(fused=False)``) instead of
                    :class:`bioft_tutorial.fused_lora.FusedLoraLinear`: what the fused layer buys
 ``fa4-fast``       the fast path with FlashAttention-4's kernels for the packed rows (``attention="fa4"``,
-                   needs ``flash-attn-4``) instead of PyTorch's varlen FlashAttention-2
+                   needs ``flash-attn-4``) instead of PyTorch's varlen FlashAttention-2; ``fa4-fast-cg``: the
+                   same with every layer replayed as a CUDA graph (FlashAttention-4's launches cost host time)
 ``head-fast``      the fast path, only the head trains (nothing back-propagates into the encoder)
 ``floor-fast``     the head-only model with gradients flowing back through every layer, as LoRA's do:
                    a LoRA step without its adapters, the floor a LoRA step cannot beat
@@ -93,6 +94,7 @@ CASES: list[Case] = [
     Case("3B-fast", model="3B", checkpointing=True, token_budget=8192, est_s=45),
     Case("650M-floor-fast", method="head", floor=True, est_s=25),
     Case("650M-fa4-fast", attention="fa4", est_s=60),  # FlashAttention-4 for the packed rows (JIT-compiled)
+    Case("650M-fa4-fast-cg", compile_mode="reduce-overhead", attention="fa4", est_s=60),  # and each layer a CUDA graph
     Case("650M-floor-fa4-fast", method="head", floor=True, attention="fa4", est_s=30),
     Case("3B-fa4-fast", model="3B", checkpointing=True, token_budget=8192, attention="fa4", est_s=50),
     Case("650M-fp8-fast", precision="fp8", est_s=50),  # the fast path with FP8 frozen linears (bioft_tutorial.fp8)

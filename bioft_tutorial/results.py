@@ -151,24 +151,44 @@ def adapter_cost(train: pd.DataFrame, model: str = "650M") -> dict | None:
     return cost
 
 
-def fp8_table(train: pd.DataFrame) -> pd.DataFrame:
-    """FP8 frozen linears against bf16 on the fast path, pairs from one run: ``<name>-fast`` and ``<name>-fp8-fast``.
+def twin_table(train: pd.DataFrame, variant: str, labels: tuple[str, str]) -> pd.DataFrame:
+    """Cases with and without one setting, pairs from one run: ``<x>-<variant>-fast<y>`` beside ``<x>-fast<y>``.
 
-    Rows: each pair found (e.g. ``650M``, ``650M-floor``, ``3B``); columns: bf16 and FP8 real tokens/s and
-    their ratio. ``table.attrs["file"]`` names the run.
+    Rows: each pair found, named by the case without the variant less ``-fast`` (``650M``, ``650M-floor``,
+    ``3B``, ``650M-cg`` for ``650M-fast-cg``); columns, with ``a, b = labels``: real tokens/s of each (mean), the
+    ratio ``b / a`` of the means and of the medians, and each case's loss at its last step (same weights, same
+    batches). ``table.attrs["file"]`` names the run.
     """
     if train.empty or "case" not in train:
         return pd.DataFrame()
-    pairs = [c.removesuffix("-fp8-fast") for c in train["case"].unique() if str(c).endswith("-fp8-fast")]
-    run = _one_run(train, [f"{p}-fast" for p in pairs] + [f"{p}-fp8-fast" for p in pairs])
-    rows = {p: {"bf16 tokens/s": run.loc[f"{p}-fast", "tokens_per_s"], "fp8 tokens/s": run.loc[f"{p}-fp8-fast", "tokens_per_s"]}
-            for p in pairs if {f"{p}-fast", f"{p}-fp8-fast"} <= set(run.index)}
+    twins = {c.replace(f"-{variant}-", "-", 1): c for c in train["case"].unique() if f"-{variant}-fast" in str(c)}
+    run = _one_run(train, [*twins, *twins.values()])
+    a, b = labels
+    rows = {}
+    for base, other in twins.items():
+        if {base, other} <= set(run.index):
+            x, y = run.loc[base], run.loc[other]
+            rows[base.replace("-fast", "", 1)] = {
+                f"{a} tokens/s": x["tokens_per_s"], f"{b} tokens/s": y["tokens_per_s"],
+                f"{b} / {a}": y["tokens_per_s"] / x["tokens_per_s"],
+                f"{b} / {a}, medians": y.get("tokens_per_s_median", np.nan) / x.get("tokens_per_s_median", np.nan),
+                f"{a} last loss": x.get("loss_last", np.nan), f"{b} last loss": y.get("loss_last", np.nan)}
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).T
-    table["fp8 / bf16"] = table["fp8 tokens/s"] / table["bf16 tokens/s"]
     table.attrs["file"] = run["file"].iloc[0]
     return table
+
+
+def fp8_table(train: pd.DataFrame) -> pd.DataFrame:
+    """FP8 frozen linears against bf16 on the fast path (:func:`twin_table`): tokens/s of each and the ratio."""
+    table = twin_table(train, "fp8", ("bf16", "fp8"))
+    return table.reindex(columns=["bf16 tokens/s", "fp8 tokens/s", "fp8 / bf16"]) if len(table) else table
+
+
+def attention_table(train: pd.DataFrame) -> pd.DataFrame:
+    """FlashAttention-4 against PyTorch's varlen FlashAttention-2 for packed rows (:func:`twin_table`)."""
+    return twin_table(train, "fa4", ("varlen", "fa4"))
 
 
 def family_table(train: pd.DataFrame) -> pd.DataFrame:

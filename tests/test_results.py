@@ -159,6 +159,23 @@ def test_fp8_pairs_come_from_one_run_with_their_ratio(gpu_dir):
     assert results.fp8_table(pd.DataFrame()).empty
 
 
+def test_attention_pairs_each_case_with_its_fa4_twin_of_one_run(gpu_dir):
+    older = [_train_record("650M-fast", 1.0), _train_record("650M-fa4-fast", 9.0)]  # a newer run holds more pairs
+    _write(gpu_dir, "train-20260404T000000Z.json", older, "2026-04-04T00:00:00Z")
+    records = [_train_record(c, v, tokens_per_s_median=m, loss_last=loss) for c, v, m, loss in (
+        ("650M-fast", 100.0, 110.0, 1.10), ("650M-fast-cg", 98.0, 112.0, 1.11), ("650M-floor-fast", 120.0, 121.0, 1.2),
+        ("650M-fa4-fast", 99.0, 100.0, 1.10), ("650M-fa4-fast-cg", 117.0, 123.2, 1.11),
+        ("650M-floor-fa4-fast", 138.0, 145.2, 1.2), ("3B-fa4-fast", 34.0, 35.0, 1.3))]  # 3B: no varlen twin
+    _write(gpu_dir, "train-20260505T000000Z.json", records, "2026-05-05T00:00:00Z")
+    table = results.attention_table(results.measured("train", gpu_dir))
+    assert table.attrs["file"] == "train-20260505T000000Z.json"
+    assert list(table.index) == ["650M", "650M-cg", "650M-floor"]
+    assert table.loc["650M-cg", "fa4 / varlen"] == pytest.approx(117.0 / 98.0)
+    assert table.loc["650M-cg", "fa4 / varlen, medians"] == pytest.approx(123.2 / 112.0)
+    assert table.loc["650M-floor", ["varlen last loss", "fa4 last loss"]].tolist() == [1.2, 1.2]
+    assert results.attention_table(pd.DataFrame()).empty
+
+
 def test_fp8_numerics_figure_reads_one_run(tmp_path):
     curves = {"bf16": [1.0, 0.9, 0.8], "fp8": [1.0, 0.91, 0.79], "bf16-peft": [1.0, 0.9, 0.81], "fp32": [1.0, 0.9]}
     old = [{"case": f"650M-lora-{p}", "precision": p, "loss_curve": [9.0] * 3} for p in ("bf16", "fp8", "fp32")]
