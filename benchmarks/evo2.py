@@ -18,16 +18,21 @@ The ``score_variants`` cases score the SNVs of the first ``--positions`` BRCA1 p
 per second (``seq_per_s``; with shared prefixes an *effective* rate) and the time for all 1,326 + 3,893 =
 5,219 BRCA1 windows **extrapolated** from the subset (flagged). ``--smoke``: a tiny random transformer on the
 CPU in seconds (the ``evo2`` package needs CUDA, so its cases use the package's own scorer as a stand-in).
+``--profile``: ``score_variants`` (shared prefix) on the first ``--positions`` positions under
+``torch.profiler`` instead; writes its kernel table and where the GPU waits (:mod:`benchmarks.timeline`):
+the most that replaying the work as CUDA graphs could remove (a diagnostic, not a result).
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import timeline
 from benchmarks.harness import ResultsFile, pick_device, run_case, smoke_threads, sync, timed
 from bioft_tutorial.data import asset_path
 from bioft_tutorial.variants import Genome, TinyDNALM, read_findlay_xlsx, score_variants, variant_window
@@ -50,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="results folder (default book/results/gpu; smoke: _build/benchmarks-smoke)")
     p.add_argument("--tag", help="extra word in the results file name")
     p.add_argument("--smoke", action="store_true", help="tiny random transformer on the CPU, short windows")
+    p.add_argument("--profile", action="store_true", help="profile score_variants (shared prefix); no results")
     return p.parse_args(argv)
 
 
@@ -154,6 +160,30 @@ def _compare(records: list[dict]) -> list[dict]:
     return out
 
 
+def profile_scoring(lm, genome, subset, args, device) -> Path:
+    """``score_variants`` (shared prefix, after one warm-up position) under ``torch.profiler``: tables and idle."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kwargs = dict(window=args.window, batch_size=args.batch_size, shared_prefix=True, progress=False)
+    score_variants(lm, genome, subset[subset["pos"] == subset["pos"].iloc[0]], **kwargs)  # warm-up
+    rest = subset[subset["pos"] != subset["pos"].iloc[0]]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        score_variants(lm, genome, rest, **kwargs)
+        sync(device)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = [prof.key_averages().table(sort_by=sort, row_limit=30)]
+    with tempfile.TemporaryDirectory() as tmp:  # the trace itself is large: only its idle summary is kept
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        tables.insert(0, timeline.format_summary(timeline.idle_summary(f"{tmp}/trace.json")))
+    results = ResultsFile(f"{COMMAND}-profile", args.out, args.smoke, args.tag)
+    path = results.path.with_suffix(".txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# score_variants (shared prefix), {len(rest)} variants, window {args.window}, batch "
+                    f"{args.batch_size}\n# {results.env}\n" + "\n\n".join(tables))
+    return path
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the requested cases, write the results file after each and return the records."""
     args = parse_args(list(argv or []))
@@ -167,6 +197,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, records, scored = ResultsFile(COMMAND, args.out, args.smoke, args.tag), [], {}
     with smoke_threads(args.smoke):
         lm, genome, subset, refs, common = _setup(args)
+        if args.profile:
+            print(f"[{COMMAND}] wrote {profile_scoring(lm, genome, subset, args, device)}", flush=True)
+            return []
         cases = {"baseline": ("evo2 score_sequences b1 (baseline)",
                               lambda: _score_sequences(lm, refs, 1, args.baseline_windows, device)),
                  "score-batch": (f"evo2 score_sequences b{args.batch_size}", lambda: _score_sequences(

@@ -75,10 +75,11 @@ def idle_summary(trace: str | Path | dict, top: int = 12) -> dict:
 def format_summary(summary: dict) -> str:
     """The summary as text for the profile file."""
     s = summary
-    n = max(s["steps"], 1)
-    lines = [f"# GPU idle over {s['steps']} profiled steps: window {s['window_ms']:.1f} ms, busy {s['busy_ms']:.1f} ms, "
-             f"idle {s['idle_ms']:.1f} ms ({s['idle_ms'] / max(s['window_ms'], 1e-9):.1%}; "
-             f"{s['idle_ms'] / n:.1f} ms per step)", "# gaps by length:"]
+    where = f"{s['steps']} profiled steps" if s["steps"] else "the profiled region"
+    per_step = f"; {s['idle_ms'] / s['steps']:.1f} ms per step" if s["steps"] else ""
+    lines = [f"# GPU idle over {where}: window {s['window_ms']:.1f} ms, busy {s['busy_ms']:.1f} ms, "
+             f"idle {s['idle_ms']:.1f} ms ({s['idle_ms'] / max(s['window_ms'], 1e-9):.1%}{per_step})",
+             "# gaps by length:"]
     lower = 0
     for upper, count, total in s["bins"]:
         lines.append(f"#   {lower:>6} us to {upper:>6} us: {count:>6} gaps, {total:8.2f} ms")

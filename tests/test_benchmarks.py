@@ -140,6 +140,13 @@ def test_evo2_smoke_scores_with_score_variants(tmp_path):
     assert records[0]["vs_baseline"] == pytest.approx(1.0)
 
 
+def test_evo2_profile_writes_where_the_gpu_waits(tmp_path):
+    assert importlib.import_module("benchmarks.evo2").main(["--smoke", "--profile", "--out", str(tmp_path)]) == []
+    (path,) = tmp_path.glob("evo2-profile-smoke-*.txt")
+    text = path.read_text()
+    assert text.startswith("# score_variants (shared prefix)") and "# GPU idle over the profiled region" in text
+
+
 @pytest.mark.slow
 def test_notebooks_smoke_executes_and_records(tmp_path):
     (record,) = nb_bench.main(["--smoke", "--out", str(tmp_path), "--work-dir", str(tmp_path / "work")])

@@ -36,3 +36,12 @@ def test_the_host_operation_is_the_innermost_one_running():
     s = timeline.idle_summary(trace, top=1)
     assert s["gaps"][0][3] == "cudaStreamSynchronize"  # the gap 306-700 opens inside the sync, inside aten::item
     assert "idle" in timeline.format_summary(s)
+
+
+def test_a_trace_without_steps_is_summarised_as_one_region():
+    trace = _trace()
+    trace["traceEvents"] = [e for e in trace["traceEvents"] if not e["name"].startswith("ProfilerStep")]
+    s = timeline.idle_summary(trace)
+    assert s["steps"] == 0 and abs(s["idle_ms"] - (3 + 17 + 500 + 10) / 1e3) < 1e-9  # every device event counts
+    text = timeline.format_summary(s)
+    assert "over the profiled region" in text and "per step" not in text
