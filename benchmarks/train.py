@@ -48,7 +48,7 @@ import torch
 
 from benchmarks import timeline
 from benchmarks.harness import ResultsFile, peak_tflops, pick_device, run_case, smoke_threads, steady_steps
-from bioft_tutorial import data, hf_trainer, lora, models, train
+from bioft_tutorial import data, fused_lora, hf_trainer, lora, models, train
 from bioft_tutorial.data import synthetic
 
 COMMAND = "train"
@@ -70,7 +70,7 @@ class Case:
     runner: str = "train.train"  # or "transformers.Trainer"
     steps: int = 30
     warmup: int = 5
-    group: str = "default"  # "default" or "family" (the other sizes; --cases family)
+    group: str = "default"  # "default", "family" (the other sizes) or "checkpointing" (--cases GROUP)
     floor: bool = False  # head only, but the backward pass runs through every layer (a LoRA step without adapters)
     fused_lora: bool = True  # bioft_tutorial.fused_lora's layer; False: PEFT's own
     attention: str = "auto"  # TrainConfig.attention: the packed rows' kernel ("fa4": FlashAttention-4)
@@ -108,6 +108,13 @@ CASES: list[Case] = [
     Case("650M-full-fast", method="full", est_s=30),
     Case("650M-fast-32k", token_budget=32768, steps=20, est_s=45),  # twice the rows: fixed per-step costs halve
     Case("3B-fast-4k", model="3B", token_budget=4096, est_s=40),  # no checkpointing: does it fit 24 GiB, how fast
+    # what checkpointing keeps with each LoRA layer, compiled or not (--cases checkpointing)
+    Case("3B-peft-fast", model="3B", checkpointing=True, token_budget=8192, fused_lora=False, group="checkpointing",
+         est_s=45),
+    Case("3B-bf16-packed", model="3B", checkpointing=True, token_budget=8192, compile=None, group="checkpointing",
+         est_s=45),
+    Case("3B-peft-bf16-packed", model="3B", checkpointing=True, token_budget=8192, compile=None, fused_lora=False,
+         group="checkpointing", est_s=45),
     *[Case(f"{size}-fast", model=size, group="family", est_s=25) for size in ("8M", "35M", "150M")],
     Case("15B-fast", model="15B", checkpointing=True, token_budget=8192, steps=6, warmup=2, group="family",
          est_s=120),
@@ -183,6 +190,9 @@ def measure(case: Case, chains: list[dict], args: argparse.Namespace, device: to
         else:
             history = _train(case, model, chains, args, device, tmp)
     record = steady_steps(history, case.warmup)
+    if case.method == "lora" and case.fused_lora and fused_lora.CHECKPOINT_MARKS_LOST and any(
+            getattr(m, "_bioft_compiled_checkpoint", False) for m in model.modules()):
+        record["lora_layer"] = "peft"  # compiled and checkpointed on torch < 2.13: the fused layer steps aside
     kernels = {getattr(m, "_bioft_backend", None) for m in model.modules() if type(m).__name__ == "EsmSelfAttention"}
     record["attention_kernel"] = kernels.pop() if len(kernels) == 1 and case.batching == "packed" else None
     if "train_loss" in history.attrs:  # Trainer reports one mean loss for the run

@@ -17,8 +17,8 @@ The values are those of PEFT's layer up to rounding (``W'`` is rounded to the co
 product ``x W^T`` is); the adapter's parameters, their names and what ``save_pretrained`` writes are PEFT's,
 since :class:`FusedLoraLinear` is PEFT's ``Linear`` with only ``forward`` replaced. Where the trick does not
 apply (dropout on the adapter's input, several adapters at once, a merged or disabled adapter, a bias on ``B``,
-a frozen layer that is not a plain ``nn.Linear``, such as an FP8 one, or a weight that trains) it calls PEFT's
-own forward.
+a frozen layer that is not a plain ``nn.Linear``, such as an FP8 one, a weight that trains, or a layer both
+compiled and checkpointed on PyTorch before 2.13, see :data:`CHECKPOINT_MARKS_LOST`) it calls PEFT's own forward.
 
 :func:`bioft_tutorial.lora.esm2_lora_config` registers this layer (``fused=True``, the default) with PEFT's
 custom-module hook (``LoraConfig._register_custom_module``).
@@ -28,6 +28,12 @@ from __future__ import annotations
 import torch
 from peft.tuners.lora.layer import Linear as PeftLinear
 from torch import nn
+
+#: PyTorch before 2.13 drops activation checkpointing's recompute marks from the operations inside a custom
+#: ``autograd.Function`` when it compiles a checkpointed layer (pytorch/pytorch#177396): the compiled layer then
+#: keeps ``W'`` and the layer's activations for the backward pass (ESM-2 3B LoRA at 8,192 tokens: 23.8 GiB
+#: instead of 8.4, torch 2.11 on an H200). There a layer compiled *and* checkpointed takes PEFT's forward.
+CHECKPOINT_MARKS_LOST = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13)
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -89,6 +95,8 @@ class FusedLoraLinear(PeftLinear):
         if base.weight.requires_grad or not (isinstance(dropout, nn.Identity) or not self.training or dropout.p == 0):
             return None
         if self.lora_B[active[0]].bias is not None:  # LoraConfig(lora_bias=True): B has a bias of its own
+            return None
+        if CHECKPOINT_MARKS_LOST and getattr(self, "_bioft_compiled_checkpoint", False):  # see the constant
             return None
         return active[0]
 

@@ -314,5 +314,7 @@ def compile_layers(model: torch.nn.Module, backend="inductor", mode: str | None 
     if hasattr(model, "enable_input_require_grads") and any(p.requires_grad for m in layers for p in m.parameters()):
         model.enable_input_require_grads()  # layer 0's input then needs grad like the others': one graph
     for layer in layers:
+        for module in layer.modules():  # a fused LoRA layer needs to know (fused_lora.CHECKPOINT_MARKS_LOST)
+            module._bioft_compiled_checkpoint = bool(getattr(layer, "gradient_checkpointing", False))
         layer.compile(dynamic=False, backend=backend, **({"mode": mode} if mode else {}))
     return len(layers)

@@ -89,7 +89,7 @@ def ablation_table(train: pd.DataFrame, model: str = "650M") -> pd.DataFrame:
     columns = ["setting", "lora_layer", "tokens_per_s", "step_s", "padding_fraction", "peak_mem_gib", "mfu",
                "compile_s"]
     table = table.reindex(columns=columns)
-    table["lora_layer"] = table["lora_layer"].fillna("peft")  # every row trains LoRA; before the field, PEFT's
+    table["lora_layer"] = table["lora_layer"].astype(object).fillna("peft")  # before the field: PEFT's layer
     table["× previous"] = table["tokens_per_s"] / table["tokens_per_s"].shift(1)
     trainer = run["tokens_per_s"].get(f"{model}-{BASELINE}", np.nan)
     table["× Trainer"] = table["tokens_per_s"] / trainer
@@ -156,8 +156,8 @@ def twin_table(train: pd.DataFrame, variant: str, labels: tuple[str, str]) -> pd
 
     Rows: each pair found, named by the case without the variant less ``-fast`` (``650M``, ``650M-floor``,
     ``3B``, ``650M-cg`` for ``650M-fast-cg``); columns, with ``a, b = labels``: real tokens/s of each (mean), the
-    ratio ``b / a`` of the means and of the medians, and each case's loss at its last step (same weights, same
-    batches). ``table.attrs["file"]`` names the run.
+    ratio ``b / a`` of the means and of the medians, each case's loss at its last step (same weights, same
+    batches) and peak memory. ``table.attrs["file"]`` names the run.
     """
     if train.empty or "case" not in train:
         return pd.DataFrame()
@@ -172,7 +172,8 @@ def twin_table(train: pd.DataFrame, variant: str, labels: tuple[str, str]) -> pd
                 f"{a} tokens/s": x["tokens_per_s"], f"{b} tokens/s": y["tokens_per_s"],
                 f"{b} / {a}": y["tokens_per_s"] / x["tokens_per_s"],
                 f"{b} / {a}, medians": y.get("tokens_per_s_median", np.nan) / x.get("tokens_per_s_median", np.nan),
-                f"{a} last loss": x.get("loss_last", np.nan), f"{b} last loss": y.get("loss_last", np.nan)}
+                f"{a} last loss": x.get("loss_last", np.nan), f"{b} last loss": y.get("loss_last", np.nan),
+                f"{a} peak GiB": x.get("peak_mem_gib", np.nan), f"{b} peak GiB": y.get("peak_mem_gib", np.nan)}
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).T
@@ -193,12 +194,13 @@ def attention_table(train: pd.DataFrame) -> pd.DataFrame:
 
 def family_table(train: pd.DataFrame) -> pd.DataFrame:
     """LoRA on the fast path per ESM-2 size, the ``<size>-fast`` case (newest record of each; FP8 and other
-    token budgets are variants, not sizes): tokens/s, peak memory, MFU, settings."""
+    token budgets are variants, not sizes): tokens/s, peak memory, MFU, settings and the LoRA layer that ran."""
     if train.empty:
         return train
     fast = train[(train["method"] == "lora") & (train["case"] == train["model"].astype(str) + "-fast")]
-    columns = ["token_budget", "checkpointing", "tokens_per_s", "peak_mem_gib", "mfu", "gpu", "file"]
+    columns = ["token_budget", "checkpointing", "lora_layer", "tokens_per_s", "peak_mem_gib", "mfu", "gpu", "file"]
     table = fast.drop_duplicates("model", keep="last").set_index("model").reindex(columns=columns)
+    table["lora_layer"] = table["lora_layer"].astype(object).fillna("peft")  # before the field: PEFT's layer
     order = ["8M", "35M", "150M", "650M", "3B", "15B"]
     return table.reindex([m for m in order if m in table.index])
 

@@ -45,12 +45,13 @@ def test_layer_matches_the_formula_by_autograd():
     x, w, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((3, 5, 7), (6, 7), (6,)))
     a, bb = (torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((2, 7), (6, 2)))
     x.requires_grad_(True)
+    b.requires_grad_(True)  # a trainable bias (LoRA's bias="all") gets its gradient too
     y = fused_lora.lora_linear(x, w, b, a, bb, 1.5)
     dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    got = torch.autograd.grad(y, (x, a, bb), dy)
-    x2, a2, b2 = (t.detach().clone().requires_grad_(True) for t in (x, a, bb))
-    y2 = x2 @ (w + 1.5 * b2 @ a2).T + b
-    want = torch.autograd.grad(y2, (x2, a2, b2), dy)
+    got = torch.autograd.grad(y, (x, a, bb, b), dy)
+    x2, a2, b2, bias2 = (t.detach().clone().requires_grad_(True) for t in (x, a, bb, b))
+    y2 = x2 @ (w + 1.5 * b2 @ a2).T + bias2
+    want = torch.autograd.grad(y2, (x2, a2, b2, bias2), dy)
     torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
     for got_t, want_t in zip(got, want, strict=True):
         torch.testing.assert_close(got_t, want_t, rtol=1e-12, atol=1e-12)
@@ -131,6 +132,26 @@ def test_falls_back_to_peft_where_the_merge_does_not_apply(monkeypatch):
         torch.testing.assert_close(base_out, plain(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("marks_lost", [True, False])
+def test_compiled_checkpointed_layers_take_peft_forward_where_torch_loses_the_marks(monkeypatch, marks_lost):
+    """PyTorch < 2.13 defeats checkpointing around a compiled autograd.Function: there, and only where the
+    layer is both compiled and checkpointed, the fused layer steps aside (counted while the layer is traced)."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(fused_lora, "CHECKPOINT_MARKS_LOST", marks_lost)
+    ids, _ = _batch()
+    counts = {}
+    for checkpointing in (True, False):
+        fused, _ = _pair(torch.float32)
+        if checkpointing:
+            models.enable_activation_checkpointing(fused)
+        models.compile_layers(fused, backend="aot_eager")
+        counts[checkpointing] = _fused_calls(monkeypatch, fused.train(), ids)
+    assert counts[False] > 0 and (counts[True] == 0) == marks_lost
+    eager, _ = _pair(torch.float32)
+    models.enable_activation_checkpointing(eager)  # checkpointed but not compiled: eager checkpointing works
+    assert _fused_calls(monkeypatch, eager.train(), ids) > 0
+
+
 def test_saved_adapter_is_peft_adapter(tmp_path):
     """Same files, names and config as PEFT's layer; loads into a model with PEFT's layer; merges the same."""
     fused, peft = _pair(torch.float32)
@@ -146,3 +167,34 @@ def test_saved_adapter_is_peft_adapter(tmp_path):
         want = peft.eval()(input_ids=ids).logits
         torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fused.eval().merge_and_unload()(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def _kept_for_backward(checkpointing: bool) -> tuple[list[tuple], int, set]:
+    """Shapes and bytes of the non-parameter tensors a compiled fused-LoRA model keeps for its backward pass."""
+    model = lora.prepare_model(models.random_esm2(models.tiny_esm2_config(), "token", 3, seed=0), "lora",
+                               lora.esm2_lora_config(r=4))
+    if checkpointing:
+        models.enable_activation_checkpointing(model)
+    models.compile_layers(model, backend="aot_eager_decomp_partition")  # the partitioner inductor uses
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            kept.append((tuple(t.shape), t.untyped_storage().nbytes()))
+        return t
+    ids, labels = _batch()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    return [shape for shape, _ in kept], sum(n for _, n in kept), {tuple(p.shape) for p in model.parameters()}
+
+
+def test_checkpointed_compiled_layers_keep_no_merged_weights():
+    """Under activation checkpointing a compiled model keeps little more than each layer's input for the backward
+    pass: no merged weight W' (torch 2.11 kept W' and the layer's activations for a custom autograd.Function)."""
+    shapes, kept, weights = _kept_for_backward(checkpointing=True)
+    _, everything, _ = _kept_for_backward(checkpointing=False)
+    assert not weights & {s for s in shapes if len(s) == 2}, "a weight-shaped tensor was kept across the checkpoint"
+    assert kept < everything / 3, (kept, everything)
