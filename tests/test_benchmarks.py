@@ -77,7 +77,11 @@ def test_steady_steps_against_a_hand_computation():
 def test_select_cases_by_glob_and_group():
     assert [c.name for c in train_bench.select_cases("3B-*,650M-full-fast")] == ["3B-fast", "3B-fa4-fast",
                                                                                    "3B-fp8-fast", "650M-full-fast",
-                                                                                   "3B-fast-4k"]
+                                                                                   "3B-fast-4k", "3B-peft-fast",
+                                                                                   "3B-bf16-packed",
+                                                                                   "3B-peft-bf16-packed"]
+    assert {c.name for c in train_bench.select_cases("checkpointing")} == {
+        "3B-peft-fast", "3B-bf16-packed", "3B-peft-bf16-packed"}
     assert {c.group for c in train_bench.select_cases("family")} == {"family"}
     assert len(train_bench.select_cases("all")) == len(train_bench.CASES) == len({c.name for c in train_bench.CASES})
     with pytest.raises(SystemExit, match="no case matches"):
