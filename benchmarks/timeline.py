@@ -77,9 +77,9 @@ def format_summary(summary: dict) -> str:
     s = summary
     where = f"{s['steps']} profiled steps" if s["steps"] else "the profiled region"
     per_step = f"; {s['idle_ms'] / s['steps']:.1f} ms per step" if s["steps"] else ""
-    lines = [f"# GPU idle over {where}: window {s['window_ms']:.1f} ms, busy {s['busy_ms']:.1f} ms, "
-             f"idle {s['idle_ms']:.1f} ms ({s['idle_ms'] / max(s['window_ms'], 1e-9):.1%}{per_step})",
-             "# gaps by length:"]
+    head = (f"# GPU idle over {where}: window {s['window_ms']:.1f} ms, busy {s['busy_ms']:.1f} ms, "
+            f"idle {s['idle_ms']:.1f} ms ({s['idle_ms'] / max(s['window_ms'], 1e-9):.1%}{per_step})")
+    lines = [head, "# gaps by length:"]
     lower = 0
     for upper, count, total in s["bins"]:
         lines.append(f"#   {lower:>6} us to {upper:>6} us: {count:>6} gaps, {total:8.2f} ms")
